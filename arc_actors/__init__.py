@@ -1,0 +1,24 @@
+"""arc_actors: many ARC agents in one Python process, each agent an actor with its own mailbox.
+
+The public API is what this module exports; everything else is importable but not promised.
+"""
+
+from arc_actors.agent import Agent, Context, handles
+from arc_actors.client import Client, Response
+from arc_actors.exceptions import ARCError, ARCException
+from arc_actors.protocol import ErrorCode
+from arc_actors.server import Server
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARCError",
+    "ARCException",
+    "Agent",
+    "Client",
+    "Context",
+    "ErrorCode",
+    "Response",
+    "Server",
+    "handles",
+]

@@ -1,0 +1,3 @@
+from arc_actors.cli import main
+
+raise SystemExit(main())

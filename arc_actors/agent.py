@@ -1,0 +1,187 @@
+"""How users write agents: an :class:`Agent` subclass, or plain handler functions.
+
+An agent never touches threads, mailboxes or HTTP. It is a plain object whose handler methods take
+``(params, context)`` and return the ARC ``result``; the engine runs each agent instance inside its
+own actor, one message at a time. Handlers may be ``def`` or ``async def``.
+
+Which methods answer which ARC method:
+
+* a method named after an ARC method with its dot made an underscore (``chat_start`` answers
+  ``chat.start``, ``task_create`` answers ``task.create``; the full list is ``ARC_METHODS``), or
+* any method decorated with ``@handles("some.method")``, for names outside the ARC method set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+ARC_METHODS: tuple[str, ...] = (
+    "chat.start",
+    "chat.message",
+    "chat.end",
+    "task.create",
+    "task.send",
+    "task.info",
+    "task.get",
+    "task.cancel",
+    "task.subscribe",
+    "task.notification",
+)
+_METHOD_BY_ATTRIBUTE = {method.replace(".", "_"): method for method in ARC_METHODS}
+
+Handler = Callable[[dict[str, Any], "Context"], Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles(method: str) -> Callable[[F], F]:
+    """Mark an :class:`Agent` method as the handler of the ARC method ``method``."""
+    if not isinstance(method, str) or not method:
+        raise TypeError(f"handles() takes a non-empty method name, got {method!r}")
+
+    def mark(func: F) -> F:
+        func.__arc_method__ = method  # type: ignore[attr-defined]
+        return func
+
+    return mark
+
+
+class Context:
+    """What a handler knows of the request it serves.
+
+    Attributes and, for code written against the reference SDK, mapping keys:
+    ``request_id``, ``method``, ``request_agent``, ``target_agent``, ``trace_id``, ``auth``.
+    """
+
+    __slots__ = ("auth", "method", "request_agent", "request_id", "target_agent", "trace_id")
+
+    def __init__(
+        self,
+        request_id: str | int,
+        method: str,
+        request_agent: str,
+        target_agent: str,
+        trace_id: str | None = None,
+        auth: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.request_agent = request_agent
+        self.target_agent = target_agent
+        self.trace_id = trace_id
+        self.auth = auth
+
+    @property
+    def agent_id(self) -> str:
+        """The id of the agent serving this request (the request's ``targetAgent``)."""
+        return self.target_agent
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__slots__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Mapping-style access, as the reference SDK's context dict offers."""
+        return getattr(self, key, default) if key in self.__slots__ else default
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Context({fields})"
+
+
+class Agent:
+    """Base class of agents written as classes; each instance runs inside its own actor.
+
+    Set ``agent_id`` as a class attribute or pass it to ``Server.add_agent``. State kept on ``self``
+    is only ever touched by one handler at a time. ``on_start`` and ``on_stop`` run in the agent's
+    own thread, before its first and after its last message.
+    """
+
+    agent_id: ClassVar[str | None] = None
+    _arc_method_attributes: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        table: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                method = getattr(value, "__arc_method__", None) or _METHOD_BY_ATTRIBUTE.get(name)
+                if method is not None and callable(value):
+                    table[method] = name
+        cls._arc_method_attributes = table
+
+    @classmethod
+    def arc_methods(cls) -> tuple[str, ...]:
+        """The ARC methods this class answers, known without making an instance."""
+        return tuple(cls._arc_method_attributes)
+
+    def handlers(self) -> dict[str, Handler]:
+        """This instance's handlers by ARC method name."""
+        return {method: getattr(self, name) for method, name in self._arc_method_attributes.items()}
+
+    def on_start(self) -> None:
+        """Called in the agent's thread before it serves its first request."""
+
+    def on_stop(self) -> None:
+        """Called in the agent's thread after it served its last request."""
+
+
+class FunctionAgent(Agent):
+    """An agent made of plain handler functions, as the reference SDK's decorator declares them."""
+
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        self._handlers = dict(handlers)
+
+    def handlers(self) -> dict[str, Handler]:
+        return self._handlers
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """Everything the runtime needs to make (and later re-make) one agent: its id, its methods, and
+    a factory for fresh instances."""
+
+    agent_id: str
+    factory: Callable[[], Agent]
+    methods: tuple[str, ...]
+
+    @classmethod
+    def of_class(
+        cls,
+        agent_class: type[Agent],
+        agent_id: str | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> AgentSpec:
+        """The spec of an :class:`Agent` subclass, made with ``agent_class(*args, **kwargs)``."""
+        if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
+            raise TypeError(f"expected an Agent subclass, got {agent_class!r}")
+        resolved_id = agent_id or agent_class.agent_id
+        if not resolved_id:
+            raise ValueError(f"{agent_class.__name__} has no agent_id: set the class attribute or pass agent_id=")
+        methods = agent_class.arc_methods()
+        if not methods:
+            raise ValueError(
+                f"{agent_class.__name__} answers no ARC method: name a method chat_start, task_create, ... "
+                "or decorate it with @handles('method.name')"
+            )
+        bound_kwargs = dict(kwargs or {})
+
+        def factory() -> Agent:
+            return agent_class(*args, **bound_kwargs)
+
+        return cls(_check_agent_id(resolved_id), factory, methods)
+
+    @classmethod
+    def of_handlers(cls, agent_id: str, handlers: Mapping[str, Handler]) -> AgentSpec:
+        """The spec of an agent made of handler functions keyed by ARC method."""
+        frozen = dict(handlers)
+        return cls(_check_agent_id(agent_id), lambda: FunctionAgent(frozen), tuple(frozen))
+
+
+def _check_agent_id(agent_id: Any) -> str:
+    if not isinstance(agent_id, str) or not agent_id.strip():
+        raise ValueError(f"an agent id is a non-empty string, got {agent_id!r}")
+    return agent_id

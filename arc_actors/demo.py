@@ -1,0 +1,81 @@
+"""The agents ``python -m arc_actors serve`` runs when given no APP: the three agents of the
+"Single Server Deployment" page, replying as its first listing does, written as actor subclasses."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from arc_actors.agent import Agent, Context
+from arc_actors.server import Server
+
+
+def chat_reply(chat_id: str, text: str) -> dict[str, Any]:
+    """An ARC chat result carrying one agent text message."""
+    return {
+        "type": "chat",
+        "chat": {
+            "chatId": chat_id,
+            "status": "ACTIVE",
+            "message": {"role": "agent", "parts": [{"type": "text", "content": text}]},
+        },
+    }
+
+
+def first_text(message: dict[str, Any]) -> str:
+    """The content of a message's first part."""
+    return message["parts"][0]["content"]
+
+
+def new_chat_id() -> str:
+    return f"chat-{uuid.uuid4().hex[:8]}"
+
+
+class KeywordAgent(Agent):
+    """Answers a chat's first message by the first keyword it contains, and echoes follow-ups."""
+
+    keywords: dict[str, str] = {}
+    fallback = ""
+    follow_up = "{}"
+
+    async def chat_start(self, params: dict[str, Any], context: Context) -> dict[str, Any]:
+        text = first_text(params["initialMessage"]).lower()
+        reply = next((answer for word, answer in self.keywords.items() if word in text), self.fallback)
+        return chat_reply(params.get("chatId") or new_chat_id(), reply)
+
+    async def chat_message(self, params: dict[str, Any], context: Context) -> dict[str, Any]:
+        return chat_reply(params["chatId"], self.follow_up.format(first_text(params["message"])))
+
+
+class FinanceAgent(KeywordAgent):
+    agent_id = "finance-agent"
+    keywords = {
+        "invoice": "I can help with invoice inquiries. Please provide invoice number.",
+        "payment": "I can assist with payment processing. What's your payment ID?",
+    }
+    fallback = "I handle invoices, payments, and budgets. How can I help?"
+    follow_up = "Processing your request: {}"
+
+
+class HRAgent(KeywordAgent):
+    agent_id = "hr-agent"
+    keywords = {
+        "salary": "I can help with salary inquiries. Please provide your employee ID.",
+        "benefits": "I can explain our benefits package. What would you like to know?",
+    }
+    fallback = "I handle HR matters: salary, benefits, leave. How can I assist?"
+    follow_up = "Let me check that for you: {}"
+
+
+class SupportAgent(KeywordAgent):
+    agent_id = "support-agent"
+    fallback = "Hi! I'm here to help with general support. What do you need?"
+    follow_up = "I understand your concern: {}. Let me help you."
+
+
+def build_server() -> Server:
+    """A fresh server with the three demo agents."""
+    server = Server(server_id="multi-agent-server", description="arc_actors demo agents")
+    for agent_class in (FinanceAgent, HRAgent, SupportAgent):
+        server.add_agent(agent_class)
+    return server

@@ -1,0 +1,219 @@
+"""The HTTP face of the runtime: ``POST /arc``, ``GET /health``, ``GET /agent-info`` (aiohttp).
+
+``POST /arc`` is parse, route, await, encode, in that order, and nothing else. Errors come back as ARC
+error envelopes in the protocol's order (-32700, -32600, -45001, -41001, -32601, the handler's own,
+-32603): never a traceback, never a 5xx unless reference statuses are asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from arc_actors.engine import AgentState
+from arc_actors.exceptions import internal_error
+from arc_actors.protocol import (
+    ARC_CONTENT_TYPE,
+    ARC_VERSION,
+    ARCResponse,
+    ErrorCode,
+    ErrorObject,
+    Outcome,
+    encoder,
+    error,
+    request_decoder,
+)
+from arc_actors.router import Router
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+_REFERENCE_STATUSES = {
+    ErrorCode.PARSE_ERROR: 400,
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.INVALID_ARC_VERSION: 400,
+    ErrorCode.AGENT_NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_FOUND: 404,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """How the gateway presents itself and what it accepts.
+
+    ``reference_statuses`` answers ARC errors with the reference server's HTTP statuses (400, 404,
+    500) instead of 200; the real arc-sdk Client then loses the precise error code, which is why it
+    is off by default."""
+
+    server_id: str
+    version: str
+    description: str = ""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    reference_statuses: bool = False
+
+
+class _EnvelopeIds(msgspec.Struct, rename="camel"):
+    """The parts of an invalid request still worth echoing in its error response."""
+
+    id: Any = None
+    request_agent: Any = None
+    trace_id: Any = None
+
+
+_salvage_decoder = msgspec.json.Decoder(_EnvelopeIds)
+
+
+class Gateway:
+    """The aiohttp handlers, bound to one router and one configuration."""
+
+    def __init__(self, router: Router, config: GatewayConfig) -> None:
+        self._router = router
+        self._config = config
+
+    def application(self) -> web.Application:
+        """A new aiohttp application serving this gateway's routes."""
+        app = web.Application(client_max_size=self._config.max_body_bytes)
+        app.router.add_post("/arc", self.handle_arc)
+        app.router.add_route("*", "/arc", self.handle_wrong_http_method)
+        app.router.add_get("/health", self.handle_health)
+        app.router.add_get("/agent-info", self.handle_agent_info)
+        return app
+
+    async def handle_arc(self, http_request: web.Request) -> web.Response:
+        body = await self._read_body(http_request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            request = request_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            return self._reject(body, ErrorCode.INVALID_REQUEST, _invalid_request_message(exc))
+        except msgspec.DecodeError as exc:
+            return self._reject(b"", ErrorCode.PARSE_ERROR, f"Parse error: {exc}")
+        except RecursionError:
+            return self._reject(b"", ErrorCode.INVALID_REQUEST, "Invalid request: JSON nested too deeply")
+        if request.arc != ARC_VERSION:
+            return self._reject(
+                body,
+                ErrorCode.INVALID_ARC_VERSION,
+                f"Invalid ARC version: {request.arc!r}",
+                {"supportedVersion": ARC_VERSION},
+            )
+        try:
+            outcome = await self._router.dispatch(request)
+        except Exception as exc:  # noqa: BLE001 - the wire never sees a traceback
+            outcome = internal_error(exc, request.target_agent, request.trace_id, "the gateway")
+        responder = request.target_agent if self._router.has_agent(request.target_agent) else None
+        return self._respond(
+            outcome,
+            request_id=request.id,
+            response_agent=responder or self._config.server_id,
+            target_agent=request.request_agent,
+            trace_id=request.trace_id,
+        )
+
+    async def handle_wrong_http_method(self, http_request: web.Request) -> web.Response:
+        outcome = error(ErrorCode.INVALID_REQUEST, f"Use POST for /arc, not {http_request.method}")
+        response = self._respond(outcome, http_status=405)
+        response.headers["Allow"] = "POST"
+        return response
+
+    async def handle_health(self, _: web.Request) -> web.Response:
+        agents = {agent_id: self._router.status(agent_id).as_json() for agent_id in self._router.agent_ids}
+        healthy = all(agent["status"] == AgentState.RUNNING for agent in agents.values())
+        return _json(
+            {
+                "status": "healthy" if healthy else "degraded",
+                "server_id": self._config.server_id,
+                "version": self._config.version,
+                "agents": agents,
+            }
+        )
+
+    async def handle_agent_info(self, _: web.Request) -> web.Response:
+        agents = {
+            agent_id: {
+                "supportedMethods": self._router.methods_of(agent_id),
+                "status": self._router.status(agent_id).state.value,
+            }
+            for agent_id in self._router.agent_ids
+        }
+        return _json(
+            {
+                "server": self._config.server_id,
+                "description": self._config.description,
+                "version": self._config.version,
+                "status": "active",
+                "endpoints": {"arc": "/arc", "health": "/health"},
+                "registeredAgents": agents,
+                "totalAgents": len(agents),
+            }
+        )
+
+    async def _read_body(self, http_request: web.Request) -> bytes | web.Response:
+        """The body, or a 413 answer when it is over the limit; a large body is never read whole."""
+        limit = self._config.max_body_bytes
+        if http_request.content_length is None or http_request.content_length <= limit:
+            try:
+                return await http_request.read()
+            except web.HTTPRequestEntityTooLarge:
+                pass
+        outcome = error(ErrorCode.MESSAGE_TOO_LARGE, f"Request body over {limit} bytes", {"maxBytes": limit})
+        return self._respond(outcome, http_status=413)
+
+    def _reject(
+        self, body: bytes, code: ErrorCode, message: str, details: dict[str, Any] | None = None
+    ) -> web.Response:
+        """An error answer to a request that did not make it to routing, echoing what it can."""
+        try:
+            ids = _salvage_decoder.decode(body) if body else _EnvelopeIds()
+        except (msgspec.DecodeError, RecursionError):
+            ids = _EnvelopeIds()
+        return self._respond(
+            error(code, message, details),
+            request_id=ids.id if isinstance(ids.id, (str, int)) and not isinstance(ids.id, bool) else None,
+            target_agent=ids.request_agent if isinstance(ids.request_agent, str) else "unknown",
+            trace_id=ids.trace_id if isinstance(ids.trace_id, str) else msgspec.UNSET,
+        )
+
+    def _respond(
+        self,
+        outcome: Outcome,
+        *,
+        request_id: str | int | None = None,
+        response_agent: str | None = None,
+        target_agent: str = "unknown",
+        trace_id: str | msgspec.UnsetType | None = msgspec.UNSET,
+        http_status: int | None = None,
+    ) -> web.Response:
+        failed = type(outcome) is ErrorObject
+        envelope = ARCResponse(
+            id=request_id,
+            response_agent=response_agent or self._config.server_id,
+            target_agent=target_agent,
+            result=None if failed else outcome,
+            error=outcome if failed else None,
+            trace_id=msgspec.UNSET if trace_id is None else trace_id,
+        )
+        if http_status is None:
+            http_status = self._http_status(outcome.code) if failed else 200
+        return web.Response(body=encoder.encode(envelope), status=http_status, content_type=ARC_CONTENT_TYPE)
+
+    def _http_status(self, code: int) -> int:
+        if not self._config.reference_statuses:
+            return 200
+        return _REFERENCE_STATUSES.get(code, 400)
+
+
+def _invalid_request_message(exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    prefix = "Object missing required field `"
+    if text.startswith(prefix) and text.endswith("`"):
+        return f"Missing required field: {text[len(prefix) : -1]}"
+    return f"Invalid request: {text}"
+
+
+def _json(payload: dict[str, Any]) -> web.Response:
+    return web.Response(body=encoder.encode(payload), content_type="application/json")

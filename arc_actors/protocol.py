@@ -1,0 +1,115 @@
+"""The ARC wire format, declared once as msgspec types.
+
+Decoding a request *is* its validation: a body that decodes into :class:`ARCRequest` has every
+required field with the right type, and msgspec's error names the offending field path. Nothing
+else in the package re-checks envelope fields by hand.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+import msgspec
+
+ARC_VERSION = "1.0"
+ARC_CONTENT_TYPE = "application/arc+json"
+
+
+class ErrorCode(IntEnum):
+    """Every error code of the ARC protocol (see docs/ARC_PROTOCOL.md)."""
+
+    PARSE_ERROR = -32700
+    INVALID_REQUEST = -32600
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602
+    INTERNAL_ERROR = -32603
+
+    AGENT_NOT_FOUND = -41001
+    AGENT_NOT_AVAILABLE = -41002
+    AGENT_UNREACHABLE = -41003
+    INVALID_AGENT_ID = -41004
+    AGENT_AUTH_FAILED = -41005
+    AGENT_TIMEOUT = -41006
+
+    TASK_NOT_FOUND = -42001
+    TASK_ALREADY_COMPLETED = -42002
+    TASK_ALREADY_CANCELED = -42003
+    TASK_EXECUTION_FAILED = -42004
+    TASK_TIMEOUT = -42005
+    INVALID_TASK_STATUS_TRANSITION = -42006
+
+    CHAT_NOT_FOUND = -43001
+    CHAT_ALREADY_CLOSED = -43002
+    CHAT_TIMEOUT = -43003
+    CHAT_PARTICIPANT_LIMIT = -43004
+    INVALID_CHAT_MESSAGE = -43005
+
+    AUTHENTICATION_FAILED = -44001
+    AUTHORIZATION_FAILED = -44002
+    INSUFFICIENT_SCOPE = -44003
+    TOKEN_EXPIRED = -44004
+    TOKEN_INVALID = -44005
+    PERMISSION_DENIED = -44006
+    RATE_LIMIT_EXCEEDED = -44007
+
+    INVALID_ARC_VERSION = -45001
+    MISSING_REQUIRED_FIELD = -45002
+    INVALID_FIELD_FORMAT = -45003
+    MESSAGE_TOO_LARGE = -45004
+    WORKFLOW_TRACE_INVALID = -45005
+
+
+class ARCRequest(msgspec.Struct, rename="camel"):
+    """A request envelope. ``arc`` is typed loosely so a wrong version is -45001, not -32600."""
+
+    arc: Any
+    id: str | int
+    method: str
+    request_agent: str
+    target_agent: str
+    params: dict[str, Any]
+    trace_id: str | None = None
+
+
+class ErrorObject(msgspec.Struct):
+    """The ``error`` member of a response; ``details`` is always an object on the wire."""
+
+    code: int
+    message: str
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ARCResponse(msgspec.Struct, rename="camel", kw_only=True):
+    """A response envelope. ``result`` and ``error`` are both always present, one of them null,
+    as the reference server emits them; ``traceId`` only when the request carried one."""
+
+    arc: str = ARC_VERSION
+    id: str | int | None
+    response_agent: str
+    target_agent: str
+    result: Any = None
+    error: ErrorObject | None = None
+    trace_id: str | msgspec.UnsetType | None = msgspec.UNSET
+
+
+Outcome = msgspec.Raw | ErrorObject
+"""What an agent answers a request with: its result, already encoded as JSON, or an error."""
+
+request_decoder = msgspec.json.Decoder(ARCRequest)
+response_decoder = msgspec.json.Decoder(ARCResponse)
+encoder = msgspec.json.Encoder()
+
+
+def error(code: int, message: str, details: dict[str, Any] | None = None) -> ErrorObject:
+    """Build an error object, keeping ``details`` an object whatever the caller passed."""
+    return ErrorObject(code=int(code), message=message, details=as_details(details))
+
+
+def as_details(details: Any) -> dict[str, Any]:
+    """The real arc-sdk Client reads ``details.agentId`` etc., so a non-object is wrapped."""
+    if details is None:
+        return {}
+    if isinstance(details, dict):
+        return details
+    return {"value": details}

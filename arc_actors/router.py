@@ -1,0 +1,66 @@
+"""Routing a decoded request to its agent: unknown agent (-41001) and unknown method (-32601) are
+answered here, everything else goes through the engine to the agent's actor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from arc_actors.agent import AgentSpec, Context
+from arc_actors.engine import AgentStatus, Engine
+from arc_actors.protocol import ARCRequest, ErrorCode, Outcome, error
+
+MAX_LISTED_AGENTS = 100
+"""An unknown-agent error lists at most this many agent ids, so a probe cannot make us echo 10,000."""
+
+
+class Router:
+    """Knows which agents exist and which methods each answers; reaches them only through the engine."""
+
+    def __init__(self, specs: Iterable[AgentSpec], engine: Engine) -> None:
+        self._engine = engine
+        self._specs = list(specs)
+        self._methods: dict[str, frozenset[str]] = {spec.agent_id: frozenset(spec.methods) for spec in self._specs}
+
+    def start(self) -> None:
+        """Spawn every agent's actor."""
+        for spec in self._specs:
+            self._engine.spawn(spec)
+
+    @property
+    def agent_ids(self) -> list[str]:
+        return list(self._methods)
+
+    def has_agent(self, agent_id: str) -> bool:
+        return agent_id in self._methods
+
+    def methods_of(self, agent_id: str) -> list[str]:
+        return sorted(self._methods[agent_id])
+
+    def status(self, agent_id: str) -> AgentStatus:
+        return self._engine.status(agent_id)
+
+    async def dispatch(self, request: ARCRequest) -> Outcome:
+        """The outcome of one valid request."""
+        methods = self._methods.get(request.target_agent)
+        if methods is None:
+            return self._agent_not_found(request.target_agent)
+        if request.method not in methods:
+            return error(
+                ErrorCode.METHOD_NOT_FOUND,
+                f"Method {request.method} not found for agent {request.target_agent}",
+                {"method": request.method, "agentId": request.target_agent, "supportedMethods": sorted(methods)},
+            )
+        context = Context(request.id, request.method, request.request_agent, request.target_agent, request.trace_id)
+        return await self._engine.ask(request.target_agent, request.method, request.params, context)
+
+    def _agent_not_found(self, agent_id: str) -> Outcome:
+        available = self.agent_ids
+        details: dict[str, Any] = {
+            "agentId": agent_id,
+            "requestedAgent": agent_id,
+            "availableAgents": available[:MAX_LISTED_AGENTS],
+        }
+        if len(available) > MAX_LISTED_AGENTS:
+            details["totalAgents"] = len(available)
+        return error(ErrorCode.AGENT_NOT_FOUND, f"Agent not found: {agent_id}", details)

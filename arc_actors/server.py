@@ -1,0 +1,113 @@
+"""``Server``: where agents are declared and the runtime is assembled and run.
+
+It keeps the reference SDK's API (``Server(server_id=...)``, ``@server.agent_handler(agent_id,
+method)``, ``server.run(host, port)``) and adds ``server.add_agent(AgentSubclass)``. Every agent id,
+however declared, becomes one actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from loguru import logger
+
+from arc_actors.agent import Agent, AgentSpec, Handler
+from arc_actors.gateway import DEFAULT_MAX_BODY_BYTES, Gateway, GatewayConfig
+from arc_actors.logs import configure_logging
+from arc_actors.pykka_engine import PykkaEngine
+from arc_actors.router import Router
+
+H = TypeVar("H", bound=Handler)
+
+STOP_TIMEOUT_S = 5.0
+"""How long a stopping server waits for agents to finish the messages already in their mailboxes."""
+
+
+class Server:
+    """A set of agents served behind one ``POST /arc`` endpoint."""
+
+    def __init__(
+        self,
+        server_id: str = "arc-server",
+        *,
+        version: str = "1.0.0",
+        description: str = "",
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        reference_statuses: bool = False,
+    ) -> None:
+        self.server_id = server_id
+        self._config = GatewayConfig(
+            server_id=server_id,
+            version=version,
+            description=description or f"arc_actors server {server_id}",
+            max_body_bytes=max_body_bytes,
+            reference_statuses=reference_statuses,
+        )
+        self._handlers: dict[str, dict[str, Handler]] = {}
+        self._classes: dict[str, AgentSpec] = {}
+
+    def agent_handler(self, agent_id: str, method: str) -> Callable[[H], H]:
+        """Declare ``async def handler(params, context)`` (or a plain ``def``) as ``agent_id``'s
+        handler of ARC ``method``. All handlers of one agent id share one actor."""
+        if agent_id in self._classes:
+            raise ValueError(f"agent {agent_id!r} is already added as {self._classes[agent_id]!r}")
+
+        def register(handler: H) -> H:
+            if not callable(handler):
+                raise TypeError(f"a handler is callable, got {handler!r}")
+            methods = self._handlers.setdefault(agent_id, {})
+            if method in methods:
+                raise ValueError(f"agent {agent_id!r} already has a handler for {method!r}")
+            methods[method] = handler
+            return handler
+
+        return register
+
+    def add_agent(self, agent_class: type[Agent], *args: Any, agent_id: str | None = None, **kwargs: Any) -> None:
+        """Serve an :class:`Agent` subclass; each (re)start makes ``agent_class(*args, **kwargs)``.
+
+        ``agent_id`` defaults to the class attribute ``agent_id``."""
+        spec = AgentSpec.of_class(agent_class, agent_id, args, kwargs)
+        if spec.agent_id in self._classes or spec.agent_id in self._handlers:
+            raise ValueError(f"agent {spec.agent_id!r} is already declared on this server")
+        self._classes[spec.agent_id] = spec
+
+    @property
+    def agent_ids(self) -> list[str]:
+        """Every agent id declared so far, in declaration order."""
+        return [*self._handlers, *self._classes]
+
+    def create_app(self) -> web.Application:
+        """A fresh aiohttp application: its start-up spawns every agent's actor, its clean-up stops them."""
+        specs = [AgentSpec.of_handlers(agent_id, handlers) for agent_id, handlers in self._handlers.items()]
+        specs += self._classes.values()
+        if not specs:
+            raise ValueError(f"server {self.server_id!r} has no agents: declare one before serving")
+        engine = PykkaEngine()
+        router = Router(specs, engine)
+        app = Gateway(router, self._config).application()
+
+        async def actors(_: web.Application) -> AsyncIterator[None]:
+            router.start()
+            logger.info("{} agents started: {}", len(specs), ", ".join(router.agent_ids))
+            yield
+            busy = await asyncio.get_running_loop().run_in_executor(None, engine.shutdown, STOP_TIMEOUT_S)
+            if busy:
+                logger.warning("agents still busy at shutdown, abandoned: {}", ", ".join(busy))
+
+        app.cleanup_ctx.append(actors)
+        return app
+
+    def run(self, host: str = "0.0.0.0", port: int = 8000, *, log_level: str = "INFO") -> None:  # noqa: S104
+        """Serve until SIGINT or SIGTERM, then stop every agent and return.
+
+        A port that cannot be bound ends the process with a one-line message, not a traceback."""
+        configure_logging(log_level)
+        app = self.create_app()
+        try:
+            web.run_app(app, host=host, port=port, print=logger.info, access_log=None, shutdown_timeout=STOP_TIMEOUT_S)
+        except OSError as exc:
+            raise SystemExit(f"arc_actors: cannot listen on {host}:{port}: {exc.strerror or exc}") from None

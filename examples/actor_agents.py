@@ -1,0 +1,72 @@
+"""The seed's three agents written as actor subclasses.
+
+Each agent is an :class:`arc_actors.Agent`; the runtime runs each instance in its own actor (own
+thread, own mailbox), so the per-agent state below needs no locks: one message at a time.
+
+Run:  python -m arc_actors serve examples/actor_agents.py
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from arc_actors import Agent, ARCError, Context, ErrorCode, Server
+
+
+class ChatAgent(Agent):
+    """Answers chat.start with a greeting and chat.message with a canned reply, counting its chats."""
+
+    greeting = ""
+    reply = ""
+
+    def on_start(self) -> None:
+        self.chats_started = 0
+
+    async def chat_start(self, params: dict[str, Any], context: Context) -> dict[str, Any]:
+        self.chats_started += 1
+        return self._chat(params.get("chatId") or f"chat-{uuid.uuid4().hex[:8]}", self.greeting)
+
+    async def chat_message(self, params: dict[str, Any], context: Context) -> dict[str, Any]:
+        if not params["message"].get("parts"):
+            raise ARCError(
+                ErrorCode.INVALID_CHAT_MESSAGE, "A message needs at least one part", {"chatId": params["chatId"]}
+            )
+        return self._chat(params["chatId"], self.reply)
+
+    @staticmethod
+    def _chat(chat_id: str, text: str) -> dict[str, Any]:
+        return {
+            "type": "chat",
+            "chat": {
+                "chatId": chat_id,
+                "status": "ACTIVE",
+                "message": {"role": "agent", "parts": [{"type": "text", "content": text}]},
+            },
+        }
+
+
+class FinanceAgent(ChatAgent):
+    agent_id = "finance-agent"
+    greeting = "Finance agent ready"
+    reply = "Processing finance request"
+
+
+class HRAgent(ChatAgent):
+    agent_id = "hr-agent"
+    greeting = "HR agent ready"
+    reply = "Processing HR request"
+
+
+class SupportAgent(ChatAgent):
+    agent_id = "support-agent"
+    greeting = "Support agent ready"
+    reply = "Processing support request"
+
+
+server = Server(server_id="multi-agent-server")
+for agent_class in (FinanceAgent, HRAgent, SupportAgent):
+    server.add_agent(agent_class)
+
+if __name__ == "__main__":
+    server.run(host="127.0.0.1", port=8000)
