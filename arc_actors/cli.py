@@ -48,7 +48,10 @@ def load_app(app: str | None) -> Server:
     module = _load_file(Path(target)) if target.endswith(".py") else _import(target)
     value = getattr(module, attribute, None)
     if callable(value) and not isinstance(value, Server):
-        value = value()
+        try:
+            value = value()
+        except Exception as exc:  # noqa: BLE001 - a failing APP factory is one line, not a traceback
+            raise AppError(f"{app!r}: calling {target}.{attribute}() failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(value, Server):
         found = "nothing" if value is None else type(value).__name__
         raise AppError(f"{app!r}: {target}.{attribute} is {found}, not an arc_actors Server")

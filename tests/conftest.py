@@ -1,0 +1,76 @@
+"""Shared test helpers: raw ARC posts and small agent servers on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from arc_actors import Server
+from arc_actors.testing import RunningServer, serving
+
+
+def envelope(target_agent: str = "echo-agent", method: str = "chat.start", params: Any = None, **fields: Any) -> dict:
+    """A valid request envelope, with any field overridden."""
+    request = {
+        "arc": "1.0",
+        "id": "req-1",
+        "method": method,
+        "requestAgent": "test-client",
+        "targetAgent": target_agent,
+        "params": {} if params is None else params,
+    }
+    request.update(fields)
+    return request
+
+
+async def post_raw(url: str, body: bytes | str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """POST bytes as they are; return the HTTP status and the decoded JSON answer."""
+    async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=headers or {}) as reply:
+        return reply.status, json.loads(await reply.read())
+
+
+async def post(url: str, request: dict) -> dict:
+    status, answer = await post_raw(url, json.dumps(request))
+    assert status == 200, answer
+    return answer
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def echo_server() -> Server:
+    """One agent that echoes its params and context."""
+    server = Server(server_id="test-server")
+
+    @server.agent_handler("echo-agent", "chat.start")
+    async def echo(params: dict, context: Any) -> dict:
+        return {"params": params, "traceId": context["trace_id"], "requestId": context.request_id}
+
+    return server
+
+
+@pytest.fixture
+def echo_url() -> Iterator[str]:
+    with serving(echo_server()) as running:
+        yield running.url
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    """``serve(server)`` starts a server for the test and stops it afterwards."""
+    stack: list[Any] = []
+
+    def start(server: Server) -> RunningServer:
+        context = serving(server)
+        stack.append(context)
+        return context.__enter__()
+
+    yield start
+    for context in reversed(stack):
+        context.__exit__(None, None, None)

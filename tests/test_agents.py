@@ -1,0 +1,159 @@
+"""Writing agents: actor subclasses and decorator-style handlers, on one server."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import envelope, post, run
+
+from arc_actors import Agent, ARCError, Client, Context, Server, handles
+from arc_actors.testing import serving
+
+
+class Accountant(Agent):
+    agent_id = "accountant"
+
+    def __init__(self, currency: str, *, rounding: int = 2) -> None:
+        self.currency = currency
+        self.rounding = rounding
+
+    def on_start(self) -> None:
+        self.ledger: list[float] = []
+
+    def task_create(self, params: dict, context: Context) -> dict:
+        self.ledger.append(params["amount"])
+        return {"total": round(sum(self.ledger), self.rounding), "currency": self.currency}
+
+    @handles("ledger.show")
+    async def show(self, params: dict, context: Context) -> dict:
+        return {
+            "entries": self.ledger,
+            "context": {
+                "agent_id": context.agent_id,
+                "method": context.method,
+                "request_agent": context["request_agent"],
+                "trace_id": context.get("trace_id"),
+                "request_id": context.request_id,
+            },
+        }
+
+    def helper_not_exposed(self, params: dict, context: Context) -> None:
+        raise AssertionError("never routed")
+
+
+class BrokenAtStart(Agent):
+    agent_id = "broken"
+
+    def on_start(self) -> None:
+        raise RuntimeError("database unreachable")
+
+    def chat_start(self, params: dict, context: Context) -> dict:
+        return {}
+
+
+def test_method_names_map_to_arc_methods_and_handles_adds_custom_ones():
+    assert Accountant.arc_methods() == ("task.create", "ledger.show")
+
+
+def test_actor_subclass_and_decorator_agents_serve_side_by_side():
+    server = Server(server_id="mixed")
+    server.add_agent(Accountant, "EUR", rounding=1)
+    server.add_agent(Accountant, "USD", agent_id="us-accountant")
+
+    @server.agent_handler("greeter", "chat.start")
+    def greet(params, context):
+        return {"hello": params["name"]}
+
+    with serving(server) as running:
+        url = running.url
+        assert run(post(url, envelope("greeter", params={"name": "Ada"})))["result"] == {"hello": "Ada"}
+        run(post(url, envelope("accountant", method="task.create", params={"amount": 1.04})))
+        total = run(post(url, envelope("accountant", method="task.create", params={"amount": 2.04})))["result"]
+        assert total == {"total": 3.1, "currency": "EUR"}
+        us = run(post(url, envelope("us-accountant", method="task.create", params={"amount": 5})))["result"]
+        assert us == {"total": 5, "currency": "USD"}
+        shown = run(post(url, envelope("accountant", method="ledger.show", id=9, traceId="t-1")))["result"]
+        assert shown == {
+            "entries": [1.04, 2.04],
+            "context": {
+                "agent_id": "accountant",
+                "method": "ledger.show",
+                "request_agent": "test-client",
+                "trace_id": "t-1",
+                "request_id": 9,
+            },
+        }
+        assert run(post(url, envelope("accountant", method="helper_not_exposed")))["error"]["code"] == -32601
+        info = run(Client(url).agent_info())
+    assert info["registeredAgents"]["accountant"]["supportedMethods"] == ["ledger.show", "task.create"]
+    assert info["registeredAgents"]["greeter"]["supportedMethods"] == ["chat.start"]
+    assert info["totalAgents"] == 3
+
+
+def test_agent_that_fails_to_start_answers_not_available_and_health_says_failed():
+    server = Server(server_id="broken")
+    server.add_agent(BrokenAtStart)
+    server.agent_handler("fine", "chat.start")(lambda params, context: "fine")
+    with serving(server) as running:
+        answer = run(post(running.url, envelope("broken")))
+        health = run(Client(running.url).health())
+        assert run(post(running.url, envelope("fine")))["result"] == "fine"
+    assert answer["error"]["code"] == -41002
+    assert answer["error"]["details"]["agentId"] == "broken"
+    assert health["status"] == "degraded"
+    assert health["agents"]["broken"]["status"] == "failed"
+    assert health["agents"]["broken"]["last_error"] == "RuntimeError: database unreachable"
+    assert health["agents"]["fine"]["status"] == "running"
+
+
+def test_results_that_are_not_json_are_internal_errors_and_none_is_a_null_result():
+    server = Server(server_id="results")
+    server.agent_handler("odd", "chat.start")(lambda params, context: object())
+    server.agent_handler("odd", "chat.end")(lambda params, context: None)
+    with serving(server) as running:
+        unserializable = run(post(running.url, envelope("odd")))
+        nothing = run(post(running.url, envelope("odd", method="chat.end")))
+    assert unserializable["error"]["code"] == -32603
+    assert "result" in nothing and nothing["result"] is None and nothing["error"] is None
+
+
+def test_declaration_mistakes_are_clear_errors_at_declaration_time():
+    server = Server(server_id="mistakes")
+    server.agent_handler("a", "chat.start")(lambda params, context: 1)
+    with pytest.raises(ValueError, match=r"already has a handler for 'chat\.start'"):
+        server.agent_handler("a", "chat.start")(lambda params, context: 2)
+    with pytest.raises(ValueError, match="already declared"):
+        server.add_agent(Accountant, "EUR", agent_id="a")
+
+    class Nameless(Agent):
+        def chat_start(self, params, context):
+            return 1
+
+    class Mute(Agent):
+        agent_id = "mute"
+
+    with pytest.raises(ValueError, match="has no agent_id"):
+        server.add_agent(Nameless)
+    with pytest.raises(ValueError, match="answers no ARC method"):
+        server.add_agent(Mute)
+    with pytest.raises(TypeError, match="expected an Agent subclass"):
+        server.add_agent(object)
+    with pytest.raises(ValueError, match="has no agents"):
+        Server(server_id="empty").create_app()
+
+
+def test_arc_error_raised_by_an_actor_subclass_reaches_the_client_typed():
+    class Strict(Agent):
+        agent_id = "strict"
+
+        async def chat_message(self, params, context):
+            raise ARCError(-43001, "Chat not found", {"chatId": params["chatId"]})
+
+    server = Server(server_id="strict")
+    server.add_agent(Strict)
+    with serving(server) as running, pytest.raises(ARCError) as raised:
+        run(Client(running.url).chat.message("strict", "chat-x", {"role": "user", "parts": []}))
+    assert (raised.value.code, raised.value.message, raised.value.details) == (
+        -43001,
+        "Chat not found",
+        {"chatId": "chat-x"},
+    )

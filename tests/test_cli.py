@@ -1,0 +1,129 @@
+"""``python -m arc_actors serve`` as a user runs it: a real process, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import envelope
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "arc_actors", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as reply:
+                return json.loads(reply.read())
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("server did not become healthy")
+
+
+def arc_post(port: int, request: dict) -> dict:
+    body = json.dumps(request).encode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/arc", data=body, timeout=5) as reply:
+        return json.loads(reply.read())
+
+
+@pytest.fixture
+def stopper():
+    processes: list[subprocess.Popen] = []
+    yield processes.append
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_serve_without_app_serves_the_demo_agents_and_stops_cleanly_on_a_signal(stopper, stop_signal):
+    port = free_port()
+    process = start("serve", "--port", str(port))
+    stopper(process)
+    health = wait_healthy(port, process)
+    assert set(health["agents"]) == {"finance-agent", "hr-agent", "support-agent"}
+    message = {"role": "user", "parts": [{"type": "text", "content": "Question about salary"}]}
+    answer = arc_post(port, envelope("hr-agent", params={"initialMessage": message}))
+    content = answer["result"]["chat"]["message"]["parts"][0]["content"]
+    assert content == "I can help with salary inquiries. Please provide your employee ID."
+    process.send_signal(stop_signal)
+    assert process.wait(timeout=15) == 0
+    assert "Traceback" not in process.stderr.read()
+
+
+def test_serve_a_file_app(stopper):
+    port = free_port()
+    process = start("serve", "examples/actor_agents.py", "--port", str(port))
+    stopper(process)
+    wait_healthy(port, process)
+    answer = arc_post(port, envelope("support-agent", params={"initialMessage": {}}))
+    assert answer["result"]["chat"]["message"]["parts"][0]["content"] == "Support agent ready"
+    process.terminate()
+    assert process.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize(
+    ("app", "complaint"),
+    [
+        ("no_such_module:server", "cannot import APP module 'no_such_module'"),
+        ("examples/missing.py", "does not exist"),
+        ("arc_actors.demo:nothing_here", "is nothing, not an arc_actors Server"),
+        ("arc_actors.demo:chat_reply", "calling arc_actors.demo.chat_reply() failed: TypeError"),
+        ("arc_actors.demo:FinanceAgent", "is FinanceAgent, not an arc_actors Server"),
+    ],
+)
+def test_bad_app_is_a_one_line_error(app, complaint):
+    process = start("serve", app, "--port", str(free_port()))
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 2
+    assert complaint in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_port_in_use_is_a_one_line_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = start("serve", "--port", str(port))
+        _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 1
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"arc_actors: cannot listen on 127.0.0.1:{port}")
+    assert "Traceback" not in stderr
+
+
+def test_help_explains_serve():
+    process = start("serve", "--help")
+    stdout, _ = process.communicate(timeout=20)
+    assert process.returncode == 0
+    for word in ("APP", "--host", "--port", "module:attribute", "finance-agent"):
+        assert word in stdout
