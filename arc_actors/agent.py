@@ -17,18 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-ARC_METHODS: tuple[str, ...] = (
-    "chat.start",
-    "chat.message",
-    "chat.end",
-    "task.create",
-    "task.send",
-    "task.info",
-    "task.get",
-    "task.cancel",
-    "task.subscribe",
-    "task.notification",
-)
+from arc_actors.protocol import ARC_METHODS
+
 _METHOD_BY_ATTRIBUTE = {method.replace(".", "_"): method for method in ARC_METHODS}
 
 Handler = Callable[[dict[str, Any], "Context"], Any]

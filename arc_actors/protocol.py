@@ -93,6 +93,102 @@ class ARCResponse(msgspec.Struct, rename="camel", kw_only=True):
     trace_id: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
+class Part(msgspec.Struct):
+    """A message part: ``TextPart``, ``DataPart``, ... (or the short ``text``, ``data``, ...)."""
+
+    type: str
+    content: Any = None
+
+
+class Message(msgspec.Struct):
+    role: str
+    parts: list[Part]
+
+
+class ChatStartParams(msgspec.Struct, rename="camel"):
+    initial_message: Message
+    chat_id: str | None = None
+    stream: bool = False
+    metadata: dict[str, Any] | None = None
+
+
+class ChatMessageParams(msgspec.Struct, rename="camel"):
+    chat_id: str
+    message: Message
+    stream: bool = False
+
+
+class ChatEndParams(msgspec.Struct, rename="camel"):
+    chat_id: str
+    reason: str | None = None
+
+
+class TaskCreateParams(msgspec.Struct, rename="camel"):
+    initial_message: Message
+    priority: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class TaskSendParams(msgspec.Struct, rename="camel"):
+    task_id: str
+    message: Message
+
+
+class TaskInfoParams(msgspec.Struct, rename="camel"):
+    task_id: str
+    include_messages: bool = True
+    include_artifacts: bool = True
+
+
+class TaskCancelParams(msgspec.Struct, rename="camel"):
+    task_id: str
+    reason: str | None = None
+
+
+class TaskSubscribeParams(msgspec.Struct, rename="camel"):
+    task_id: str
+    callback_url: str
+    events: list[str] | None = None
+
+
+class TaskNotificationParams(msgspec.Struct, rename="camel"):
+    task_id: str
+    event: str
+    timestamp: str
+    data: dict[str, Any]
+
+
+PARAMS_BY_METHOD: dict[str, type[msgspec.Struct]] = {
+    "chat.start": ChatStartParams,
+    "chat.message": ChatMessageParams,
+    "chat.end": ChatEndParams,
+    "task.create": TaskCreateParams,
+    "task.send": TaskSendParams,
+    "task.info": TaskInfoParams,
+    "task.get": TaskInfoParams,
+    "task.cancel": TaskCancelParams,
+    "task.subscribe": TaskSubscribeParams,
+    "task.notification": TaskNotificationParams,
+}
+"""The params each method of the ARC method set requires; unknown extra fields are allowed."""
+
+ARC_METHODS: tuple[str, ...] = tuple(PARAMS_BY_METHOD)
+"""The ARC method set."""
+
+
+def params_error(method: str, params: dict[str, Any]) -> ErrorObject | None:
+    """-32602 when ``params`` lack what ``method`` requires (methods outside the ARC set: never)."""
+    params_type = PARAMS_BY_METHOD.get(method)
+    if params_type is None:
+        return None
+    try:
+        msgspec.convert(params, params_type)
+    except msgspec.ValidationError as exc:
+        text = str(exc).replace("`$", "`$.params")
+        return error(ErrorCode.INVALID_PARAMS, f"Invalid params for {method}: {text}", {"method": method})
+    return None
+
+
 Outcome = msgspec.Raw | ErrorObject
 """What an agent answers a request with: its result, already encoded as JSON, or an error."""
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from arc_actors.agent import AgentSpec, Context
 from arc_actors.engine import AgentStatus, Engine
-from arc_actors.protocol import ARCRequest, ErrorCode, Outcome, error
+from arc_actors.protocol import ARCRequest, ErrorCode, Outcome, error, params_error
 
 MAX_LISTED_AGENTS = 100
 """An unknown-agent error lists at most this many agent ids, so a probe cannot make us echo 10,000."""
@@ -51,6 +51,9 @@ class Router:
                 f"Method {request.method} not found for agent {request.target_agent}",
                 {"method": request.method, "agentId": request.target_agent, "supportedMethods": sorted(methods)},
             )
+        invalid = params_error(request.method, request.params)
+        if invalid is not None:
+            return invalid
         context = Context(request.id, request.method, request.request_agent, request.target_agent, request.trace_id)
         return await self._engine.ask(request.target_agent, request.method, request.params, context)
 

@@ -14,7 +14,7 @@ from arc_actors import Server
 from arc_actors.testing import RunningServer, serving
 
 
-def envelope(target_agent: str = "echo-agent", method: str = "chat.start", params: Any = None, **fields: Any) -> dict:
+def envelope(target_agent: str = "echo-agent", method: str = "test.echo", params: Any = None, **fields: Any) -> dict:
     """A valid request envelope, with any field overridden."""
     request = {
         "arc": "1.0",
@@ -45,13 +45,14 @@ def run(coroutine: Any) -> Any:
 
 
 def echo_server() -> Server:
-    """One agent that echoes its params and context."""
+    """One agent that echoes its params and context, on a custom method and on chat.start."""
     server = Server(server_id="test-server")
 
-    @server.agent_handler("echo-agent", "chat.start")
     async def echo(params: dict, context: Any) -> dict:
         return {"params": params, "traceId": context["trace_id"], "requestId": context.request_id}
 
+    server.agent_handler("echo-agent", "test.echo")(echo)
+    server.agent_handler("echo-agent", "chat.start")(echo)
     return server
 
 

@@ -20,7 +20,7 @@ class Accountant(Agent):
         self.ledger: list[float] = []
 
     def task_create(self, params: dict, context: Context) -> dict:
-        self.ledger.append(params["amount"])
+        self.ledger.append(params["initialMessage"]["parts"][0]["content"]["amount"])
         return {"total": round(sum(self.ledger), self.rounding), "currency": self.currency}
 
     @handles("ledger.show")
@@ -46,8 +46,13 @@ class BrokenAtStart(Agent):
     def on_start(self) -> None:
         raise RuntimeError("database unreachable")
 
-    def chat_start(self, params: dict, context: Context) -> dict:
+    @handles("test.echo")
+    def echo(self, params: dict, context: Context) -> dict:
         return {}
+
+
+def booking(amount: float) -> dict:
+    return {"initialMessage": {"role": "user", "parts": [{"type": "DataPart", "content": {"amount": amount}}]}}
 
 
 def test_method_names_map_to_arc_methods_and_handles_adds_custom_ones():
@@ -59,17 +64,17 @@ def test_actor_subclass_and_decorator_agents_serve_side_by_side():
     server.add_agent(Accountant, "EUR", rounding=1)
     server.add_agent(Accountant, "USD", agent_id="us-accountant")
 
-    @server.agent_handler("greeter", "chat.start")
+    @server.agent_handler("greeter", "greet.me")
     def greet(params, context):
         return {"hello": params["name"]}
 
     with serving(server) as running:
         url = running.url
-        assert run(post(url, envelope("greeter", params={"name": "Ada"})))["result"] == {"hello": "Ada"}
-        run(post(url, envelope("accountant", method="task.create", params={"amount": 1.04})))
-        total = run(post(url, envelope("accountant", method="task.create", params={"amount": 2.04})))["result"]
+        assert run(post(url, envelope("greeter", "greet.me", {"name": "Ada"})))["result"] == {"hello": "Ada"}
+        run(post(url, envelope("accountant", "task.create", booking(1.04))))
+        total = run(post(url, envelope("accountant", "task.create", booking(2.04))))["result"]
         assert total == {"total": 3.1, "currency": "EUR"}
-        us = run(post(url, envelope("us-accountant", method="task.create", params={"amount": 5})))["result"]
+        us = run(post(url, envelope("us-accountant", "task.create", booking(5))))["result"]
         assert us == {"total": 5, "currency": "USD"}
         shown = run(post(url, envelope("accountant", method="ledger.show", id=9, traceId="t-1")))["result"]
         assert shown == {
@@ -85,14 +90,14 @@ def test_actor_subclass_and_decorator_agents_serve_side_by_side():
         assert run(post(url, envelope("accountant", method="helper_not_exposed")))["error"]["code"] == -32601
         info = run(Client(url).agent_info())
     assert info["registeredAgents"]["accountant"]["supportedMethods"] == ["ledger.show", "task.create"]
-    assert info["registeredAgents"]["greeter"]["supportedMethods"] == ["chat.start"]
+    assert info["registeredAgents"]["greeter"]["supportedMethods"] == ["greet.me"]
     assert info["totalAgents"] == 3
 
 
 def test_agent_that_fails_to_start_answers_not_available_and_health_says_failed():
     server = Server(server_id="broken")
     server.add_agent(BrokenAtStart)
-    server.agent_handler("fine", "chat.start")(lambda params, context: "fine")
+    server.agent_handler("fine", "test.echo")(lambda params, context: "fine")
     with serving(server) as running:
         answer = run(post(running.url, envelope("broken")))
         health = run(Client(running.url).health())
@@ -107,11 +112,11 @@ def test_agent_that_fails_to_start_answers_not_available_and_health_says_failed(
 
 def test_results_that_are_not_json_are_internal_errors_and_none_is_a_null_result():
     server = Server(server_id="results")
-    server.agent_handler("odd", "chat.start")(lambda params, context: object())
-    server.agent_handler("odd", "chat.end")(lambda params, context: None)
+    server.agent_handler("odd", "test.echo")(lambda params, context: object())
+    server.agent_handler("odd", "test.none")(lambda params, context: None)
     with serving(server) as running:
         unserializable = run(post(running.url, envelope("odd")))
-        nothing = run(post(running.url, envelope("odd", method="chat.end")))
+        nothing = run(post(running.url, envelope("odd", "test.none")))
     assert unserializable["error"]["code"] == -32603
     assert "result" in nothing and nothing["result"] is None and nothing["error"] is None
 

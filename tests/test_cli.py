@@ -71,7 +71,7 @@ def test_serve_without_app_serves_the_demo_agents_and_stops_cleanly_on_a_signal(
     health = wait_healthy(port, process)
     assert set(health["agents"]) == {"finance-agent", "hr-agent", "support-agent"}
     message = {"role": "user", "parts": [{"type": "text", "content": "Question about salary"}]}
-    answer = arc_post(port, envelope("hr-agent", params={"initialMessage": message}))
+    answer = arc_post(port, envelope("hr-agent", "chat.start", {"initialMessage": message}))
     content = answer["result"]["chat"]["message"]["parts"][0]["content"]
     assert content == "I can help with salary inquiries. Please provide your employee ID."
     process.send_signal(stop_signal)
@@ -84,7 +84,8 @@ def test_serve_a_file_app(stopper):
     process = start("serve", "examples/actor_agents.py", "--port", str(port))
     stopper(process)
     wait_healthy(port, process)
-    answer = arc_post(port, envelope("support-agent", params={"initialMessage": {}}))
+    hello = {"role": "user", "parts": [{"type": "text", "content": "hello"}]}
+    answer = arc_post(port, envelope("support-agent", "chat.start", {"initialMessage": hello}))
     assert answer["result"]["chat"]["message"]["parts"][0]["content"] == "Support agent ready"
     process.terminate()
     assert process.wait(timeout=15) == 0

@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import envelope, post
 
-from arc_actors import Agent, Client, Server
+from arc_actors import Agent, Client, Server, handles
 from arc_actors.testing import serving
 
 BLOCK_S = 3.0
@@ -20,7 +20,8 @@ class BlockingAgent(Agent):
 
     agent_id = "blocking-agent"
 
-    async def chat_start(self, params, context):
+    @handles("work.run")
+    async def block(self, params, context):
         time.sleep(params.get("seconds", BLOCK_S))
         return {"slept": True}
 
@@ -31,7 +32,8 @@ class FastAgent(Agent):
     def on_start(self):
         self.served = 0
 
-    async def chat_start(self, params, context):
+    @handles("work.run")
+    async def serve(self, params, context):
         self.served += 1
         return {"served": self.served}
 
@@ -39,7 +41,8 @@ class FastAgent(Agent):
 class FaultyAgent(Agent):
     agent_id = "faulty-agent"
 
-    def chat_start(self, params, context):
+    @handles("work.run")
+    def fail(self, params, context):
         fault = params["raise"]
         if fault == "SystemExit":
             raise SystemExit(3)
@@ -49,7 +52,8 @@ class FaultyAgent(Agent):
             return 1 / 0
         return {"ok": True}
 
-    async def chat_message(self, params, context):
+    @handles("work.exit")
+    async def exit_from_coroutine(self, params, context):
         raise SystemExit("from a coroutine")
 
 
@@ -72,11 +76,11 @@ async def wait_for(predicate, timeout_s: float = 10.0) -> None:
 def test_blocking_agent_does_not_delay_fifty_concurrent_requests_to_another_agent(url):
     async def scenario() -> None:
         client = Client(url)
-        blocked = asyncio.ensure_future(post(url, envelope("blocking-agent")))
-        queued = asyncio.ensure_future(post(url, envelope("blocking-agent", params={"seconds": 0})))
+        blocked = asyncio.ensure_future(post(url, envelope("blocking-agent", "work.run")))
+        queued = asyncio.ensure_future(post(url, envelope("blocking-agent", "work.run", params={"seconds": 0})))
         await wait_for(lambda: mailbox_depth(client, "blocking-agent", 1))
         started = time.monotonic()
-        answers = await asyncio.gather(*(post(url, envelope("fast-agent", id=i)) for i in range(50)))
+        answers = await asyncio.gather(*(post(url, envelope("fast-agent", "work.run", id=i)) for i in range(50)))
         elapsed = time.monotonic() - started
         assert not blocked.done(), "the blocking agent should still be blocked"
         assert sorted(answer["result"]["served"] for answer in answers) == list(range(1, 51))
@@ -95,7 +99,7 @@ async def mailbox_depth(client: Client, agent_id: str, depth: int) -> bool:
 
 def test_health_answers_at_once_while_an_agent_is_blocked(url):
     async def scenario() -> None:
-        blocked = [asyncio.ensure_future(post(url, envelope("blocking-agent", id=i))) for i in range(2)]
+        blocked = [asyncio.ensure_future(post(url, envelope("blocking-agent", "work.run", id=i))) for i in range(2)]
         client = Client(url)
         await wait_for(lambda: mailbox_depth(client, "blocking-agent", 1))
         started = time.monotonic()
@@ -114,13 +118,13 @@ def test_health_answers_at_once_while_an_agent_is_blocked(url):
 @pytest.mark.parametrize("fault", ["SystemExit", "KeyboardInterrupt", "ZeroDivisionError"])
 def test_fatal_exceptions_stay_inside_the_agent_that_raised_them(url, fault):
     async def scenario() -> None:
-        failed = await post(url, envelope("faulty-agent", params={"raise": fault}))
+        failed = await post(url, envelope("faulty-agent", "work.run", params={"raise": fault}))
         assert failed["error"]["code"] == -32603
         assert failed["error"]["message"] == "Internal error"
         assert set(failed["error"]["details"]) == {"errorId"}
         assert fault not in str(failed)
-        assert (await post(url, envelope("fast-agent")))["result"] == {"served": 1}
-        assert (await post(url, envelope("faulty-agent", params={"raise": None})))["result"] == {"ok": True}
+        assert (await post(url, envelope("fast-agent", "work.run")))["result"] == {"served": 1}
+        assert (await post(url, envelope("faulty-agent", "work.run", params={"raise": None})))["result"] == {"ok": True}
         health = await Client(url).health()
         assert {agent["status"] for agent in health["agents"].values()} == {"running"}
 
@@ -130,17 +134,17 @@ def test_fatal_exceptions_stay_inside_the_agent_that_raised_them(url, fault):
 def test_system_exit_from_a_coroutine_handler_stays_inside_its_agent(url):
     async def scenario() -> None:
         for _ in range(2):
-            failed = await post(url, envelope("faulty-agent", method="chat.message"))
+            failed = await post(url, envelope("faulty-agent", "work.exit"))
             assert failed["error"]["code"] == -32603
-        assert (await post(url, envelope("faulty-agent", params={"raise": None})))["result"] == {"ok": True}
-        assert (await post(url, envelope("fast-agent")))["result"] == {"served": 1}
+        assert (await post(url, envelope("faulty-agent", "work.run", params={"raise": None})))["result"] == {"ok": True}
+        assert (await post(url, envelope("fast-agent", "work.run")))["result"] == {"served": 1}
 
     asyncio.run(scenario())
 
 
 def test_agent_state_survives_between_requests_and_is_per_agent(url):
     async def scenario() -> None:
-        served = [(await post(url, envelope("fast-agent")))["result"]["served"] for _ in range(3)]
+        served = [(await post(url, envelope("fast-agent", "work.run")))["result"]["served"] for _ in range(3)]
         assert served == [1, 2, 3]
 
     asyncio.run(scenario())

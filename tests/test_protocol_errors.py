@@ -47,6 +47,12 @@ CASES = [
     ("unknown agent", json.dumps(envelope(target_agent="nobody")).encode(), -41001),
     ("unknown agent and method", json.dumps(envelope(target_agent="nobody", method="x.y")).encode(), -41001),
     ("unknown method", json.dumps(envelope(method="task.create")).encode(), -32601),
+    ("chat.start without initialMessage", json.dumps(envelope(method="chat.start")).encode(), -32602),
+    (
+        "message without parts",
+        json.dumps(envelope(method="chat.start", params={"initialMessage": {"role": "user"}})).encode(),
+        -32602,
+    ),
 ]
 
 
@@ -74,6 +80,13 @@ def test_invalid_request_echoes_the_request_id_when_it_can(echo_url):
     assert "$.params" in answer["error"]["message"]
 
 
+def test_invalid_params_of_an_arc_method_name_the_field(echo_url):
+    answer = run(post(echo_url, envelope(method="chat.start", params={"initialMessage": {"role": "user", "parts": 3}})))
+    assert answer["error"]["code"] == -32602
+    assert "$.params.initialMessage.parts" in answer["error"]["message"]
+    assert answer["error"]["details"] == {"method": "chat.start"}
+
+
 def test_wrong_version_says_which_is_supported(echo_url):
     answer = run(post(echo_url, envelope(arc="2.0")))
     assert answer["error"]["details"] == {"supportedVersion": "1.0"}
@@ -87,7 +100,7 @@ def test_unknown_agent_details_name_it_and_list_the_available_ones(echo_url):
 
 def test_unknown_method_lists_supported_methods(echo_url):
     answer = run(post(echo_url, envelope(method="chat.end")))
-    assert answer["error"]["details"]["supportedMethods"] == ["chat.start"]
+    assert answer["error"]["details"]["supportedMethods"] == ["chat.start", "test.echo"]
     assert answer["responseAgent"] == "echo-agent"
 
 
@@ -118,7 +131,7 @@ def test_body_over_the_limit_is_refused_with_413_without_reading_it_all():
     import asyncio
 
     server = Server(server_id="small", max_body_bytes=1024)
-    server.agent_handler("echo-agent", "chat.start")(lambda params, context: params)
+    server.agent_handler("echo-agent", "test.echo")(lambda params, context: params)
 
     async def oversized_declared_length(url: str) -> tuple[int, dict]:
         host, port = url.split("//")[1].split("/")[0].split(":")
@@ -157,7 +170,7 @@ def test_wrong_http_method_is_405_with_an_arc_error(echo_url):
 
 def test_reference_statuses_option_uses_the_reference_http_statuses():
     server = Server(server_id="ref", reference_statuses=True)
-    server.agent_handler("echo-agent", "chat.start")(lambda params, context: 1 / 0)
+    server.agent_handler("echo-agent", "test.echo")(lambda params, context: 1 / 0)
     with serving(server) as running:
         expectations = [
             (b"{", 400, -32700),

@@ -40,7 +40,10 @@ def test_seed_server_and_seed_client_produce_the_seed_replies(seed_server):
 
 def test_seed_server_keeps_a_client_chosen_chat_id(seed_server):
     with serving(seed_server) as running:
-        answer = run(post(running.url, envelope("hr-agent", params={"chatId": "chat-mine", "initialMessage": {}})))
+        hello = {"role": "user", "parts": [{"type": "text", "content": "hello"}]}
+        answer = run(
+            post(running.url, envelope("hr-agent", "chat.start", {"chatId": "chat-mine", "initialMessage": hello}))
+        )
     assert answer["result"]["chat"]["chatId"] == "chat-mine"
 
 
@@ -66,8 +69,9 @@ def test_arc_exception_from_a_seed_style_handler_is_answered_with_its_code_messa
         raise ARCException(code=-43002, message="Chat closed", details="not an object")
 
     with serving(server) as running:
-        started = run(post(running.url, envelope("finance-agent")))
-        ended = run(post(running.url, envelope("finance-agent", method="chat.end")))
+        hello = {"role": "user", "parts": [{"type": "text", "content": "hello"}]}
+        started = run(post(running.url, envelope("finance-agent", "chat.start", {"initialMessage": hello})))
+        ended = run(post(running.url, envelope("finance-agent", "chat.end", {"chatId": "chat-1"})))
     assert started["error"] == {"code": -42004, "message": "Task processing error", "details": {"step": 3}}
     assert started["responseAgent"] == "finance-agent"
     assert ended["error"] == {"code": -43002, "message": "Chat closed", "details": {"value": "not an object"}}
