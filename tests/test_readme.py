@@ -1,0 +1,36 @@
+"""The README's example agent runs as shown."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from conftest import envelope, post, run
+
+from arc_actors.testing import serving
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_starts_with_the_two_commands():
+    first_block = re.search(r"```bash\n(.*?)```", README.read_text(), re.S).group(1).strip().splitlines()
+    assert len(first_block) == 2
+    assert first_block[0].endswith("pip install . && python -m arc_actors serve")
+    assert first_block[1].endswith("pip install '.[test]' && python -m pytest")
+
+
+def test_readme_example_agent_answers_and_raises_its_arc_error():
+    source = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+    namespace: dict = {"__name__": "readme_example"}
+    exec(compile(source, "README.md", "exec"), namespace)
+
+    def say(text: str) -> dict:
+        return {"initialMessage": {"role": "user", "parts": [{"type": "text", "content": text}]}}
+
+    with serving(namespace["server"]) as running:
+        first = run(post(running.url, envelope("finance-agent", "chat.start", say("hi"))))
+        empty = run(post(running.url, envelope("finance-agent", "chat.start", say(""))))
+        second = run(post(running.url, envelope("finance-agent", "chat.start", say("again"))))
+    assert first["result"]["chat"]["message"]["parts"][0]["content"] == "chat #1: hi"
+    assert empty["error"]["code"] == -43005
+    assert second["result"]["chat"]["message"]["parts"][0]["content"] == "chat #3: again"
