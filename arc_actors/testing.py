@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from arc_actors.server import STOP_TIMEOUT_S, Server
+from arc_actors.server import STOP_TIMEOUT_S, Server, new_event_loop
 
 START_TIMEOUT_S = 30.0
 
@@ -39,7 +39,7 @@ class RunningServer:
 @contextmanager
 def serving(server: Server, host: str = "127.0.0.1", port: int = 0) -> Iterator[RunningServer]:
     """Serve ``server`` on ``host:port`` (port 0: a free one) for the duration of the block."""
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name=f"arc-server-{server.server_id}", daemon=True)
     thread.start()
     runner = web.AppRunner(server.create_app(), access_log=None, shutdown_timeout=STOP_TIMEOUT_S)
