@@ -8,6 +8,7 @@ from arc_actors.client import Client, Response
 from arc_actors.exceptions import ARCError, ARCException
 from arc_actors.protocol import ErrorCode
 from arc_actors.server import Server
+from arc_actors.supervisor import RestartPolicy
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,7 @@ __all__ = [
     "Context",
     "ErrorCode",
     "Response",
+    "RestartPolicy",
     "Server",
     "handles",
 ]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from arc_actors.protocol import ARC_METHODS
+from arc_actors.supervisor import RestartPolicy
 
 _METHOD_BY_ATTRIBUTE = {method.replace(".", "_"): method for method in ARC_METHODS}
 
@@ -86,10 +87,13 @@ class Agent:
 
     Set ``agent_id`` as a class attribute or pass it to ``Server.add_agent``. State kept on ``self``
     is only ever touched by one handler at a time. ``on_start`` and ``on_stop`` run in the agent's
-    own thread, before its first and after its last message.
+    own thread, before its first and after its last message; a restart after a crash makes a new
+    instance, so state starts afresh. ``restart_policy`` (or ``add_agent(..., policy=)``) sets how it
+    is supervised; by default the server's policy applies.
     """
 
     agent_id: ClassVar[str | None] = None
+    restart_policy: ClassVar[RestartPolicy | None] = None
     _arc_method_attributes: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -136,6 +140,7 @@ class AgentSpec:
     agent_id: str
     factory: Callable[[], Agent]
     methods: tuple[str, ...]
+    policy: RestartPolicy | None = None
 
     @classmethod
     def of_class(
@@ -144,8 +149,10 @@ class AgentSpec:
         agent_id: str | None = None,
         args: tuple[Any, ...] = (),
         kwargs: Mapping[str, Any] | None = None,
+        policy: RestartPolicy | None = None,
     ) -> AgentSpec:
-        """The spec of an :class:`Agent` subclass, made with ``agent_class(*args, **kwargs)``."""
+        """The spec of an :class:`Agent` subclass, made with ``agent_class(*args, **kwargs)``;
+        ``policy`` defaults to the class's ``restart_policy``."""
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
             raise TypeError(f"expected an Agent subclass, got {agent_class!r}")
         resolved_id = agent_id or agent_class.agent_id
@@ -162,13 +169,15 @@ class AgentSpec:
         def factory() -> Agent:
             return agent_class(*args, **bound_kwargs)
 
-        return cls(_check_agent_id(resolved_id), factory, methods)
+        return cls(_check_agent_id(resolved_id), factory, methods, policy or agent_class.restart_policy)
 
     @classmethod
-    def of_handlers(cls, agent_id: str, handlers: Mapping[str, Handler]) -> AgentSpec:
+    def of_handlers(
+        cls, agent_id: str, handlers: Mapping[str, Handler], policy: RestartPolicy | None = None
+    ) -> AgentSpec:
         """The spec of an agent made of handler functions keyed by ARC method."""
         frozen = dict(handlers)
-        return cls(_check_agent_id(agent_id), lambda: FunctionAgent(frozen), tuple(frozen))
+        return cls(_check_agent_id(agent_id), lambda: FunctionAgent(frozen), tuple(frozen), policy)
 
 
 def _check_agent_id(agent_id: Any) -> str:

@@ -16,7 +16,8 @@ from arc_actors.protocol import Outcome
 
 
 class AgentState(StrEnum):
-    """Where an agent's actor is in its life, as ``/health`` reports it."""
+    """Where an agent's actor is in its life, as ``/health`` reports it: ``restarting`` covers its
+    (re)start and backoff, ``failed`` an agent given up on after too many crashes."""
 
     RUNNING = "running"
     RESTARTING = "restarting"
@@ -32,7 +33,7 @@ class AgentStatus:
     restarts: int
     mailbox: int
     uptime_s: float
-    last_error: str | None = None
+    last_crash: dict[str, str] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The ``/health`` form of this status."""
@@ -41,13 +42,13 @@ class AgentStatus:
             "restarts": self.restarts,
             "mailbox": self.mailbox,
             "uptime_s": round(self.uptime_s, 3),
-            "last_error": self.last_error,
+            "last_crash": self.last_crash,
         }
 
 
 class Engine(Protocol):
-    """Runs agents as actors. Every method but ``ask`` is called from the gateway's event loop
-    thread and must return without waiting on an actor."""
+    """Runs agents as actors, supervised. Only ``stop`` may wait on an actor; everything else
+    returns at once, so the gateway's event loop never blocks."""
 
     def spawn(self, spec: AgentSpec) -> None:
         """Start the actor of a new agent."""
@@ -57,8 +58,16 @@ class Engine(Protocol):
 
         Must be called on a running asyncio loop; the outcome is delivered on that loop."""
 
-    def stop(self, agent_id: str, timeout_s: float) -> None:
-        """Stop an agent after the messages already in its mailbox, waiting at most ``timeout_s``."""
+    def stop(self, timeout_s: float) -> list[str]:
+        """Stop every agent after the messages already in its mailbox, waiting at most ``timeout_s``
+        in all; returns the ids of the agents still busy then. Blocks: call it off the event loop."""
+
+    def restart(self, agent_id: str) -> None:
+        """Replace an agent's actor with a fresh instance now (a failed agent comes back this way)."""
 
     def status(self, agent_id: str) -> AgentStatus:
         """The agent's current status."""
+
+    async def watch_for_hangs(self) -> None:
+        """Until cancelled: answer -41006 for every handler running past its hang threshold, and
+        restart its agent as the supervisor decides."""

@@ -40,6 +40,11 @@ class Router:
     def status(self, agent_id: str) -> AgentStatus:
         return self._engine.status(agent_id)
 
+    def restart(self, agent_id: str) -> None:
+        if agent_id not in self._methods:
+            raise KeyError(f"no agent {agent_id!r}; agents: {', '.join(self._methods)}")
+        self._engine.restart(agent_id)
+
     async def dispatch(self, request: ARCRequest) -> Outcome:
         """The outcome of one valid request."""
         methods = self._methods.get(request.target_agent)

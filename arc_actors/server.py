@@ -19,6 +19,7 @@ from arc_actors.gateway import DEFAULT_MAX_BODY_BYTES, Gateway, GatewayConfig
 from arc_actors.logs import configure_logging
 from arc_actors.pykka_engine import PykkaEngine
 from arc_actors.router import Router
+from arc_actors.supervisor import RestartPolicy, Supervisor, hang_after_from_env
 
 H = TypeVar("H", bound=Handler)
 
@@ -47,8 +48,12 @@ class Server:
         description: str = "",
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         reference_statuses: bool = False,
+        restart_policy: RestartPolicy | None = None,
     ) -> None:
+        """``restart_policy`` is the default for agents that bring none of their own; its
+        ``hang_after_s``, when unset, comes from ``ARC_HANG_AFTER_S`` (else 120 s)."""
         self.server_id = server_id
+        self.restart_policy = restart_policy or RestartPolicy()
         self._config = GatewayConfig(
             server_id=server_id,
             version=version,
@@ -57,13 +62,20 @@ class Server:
             reference_statuses=reference_statuses,
         )
         self._handlers: dict[str, dict[str, Handler]] = {}
+        self._handler_policies: dict[str, RestartPolicy] = {}
         self._classes: dict[str, AgentSpec] = {}
+        self._router: Router | None = None
 
-    def agent_handler(self, agent_id: str, method: str) -> Callable[[H], H]:
+    def agent_handler(self, agent_id: str, method: str, policy: RestartPolicy | None = None) -> Callable[[H], H]:
         """Declare ``async def handler(params, context)`` (or a plain ``def``) as ``agent_id``'s
-        handler of ARC ``method``. All handlers of one agent id share one actor."""
+        handler of ARC ``method``. All handlers of one agent id share one actor, and one
+        ``policy``: any of them may carry it, two different ones are an error."""
         if agent_id in self._classes:
             raise ValueError(f"agent {agent_id!r} is already added as {self._classes[agent_id]!r}")
+        if policy is not None:
+            known = self._handler_policies.setdefault(agent_id, policy)
+            if known != policy:
+                raise ValueError(f"agent {agent_id!r} has two different restart policies: {known!r} and {policy!r}")
 
         def register(handler: H) -> H:
             if not callable(handler):
@@ -76,11 +88,18 @@ class Server:
 
         return register
 
-    def add_agent(self, agent_class: type[Agent], *args: Any, agent_id: str | None = None, **kwargs: Any) -> None:
+    def add_agent(
+        self,
+        agent_class: type[Agent],
+        *args: Any,
+        agent_id: str | None = None,
+        policy: RestartPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
         """Serve an :class:`Agent` subclass; each (re)start makes ``agent_class(*args, **kwargs)``.
 
-        ``agent_id`` defaults to the class attribute ``agent_id``."""
-        spec = AgentSpec.of_class(agent_class, agent_id, args, kwargs)
+        ``agent_id`` defaults to the class attribute ``agent_id``, ``policy`` to its ``restart_policy``."""
+        spec = AgentSpec.of_class(agent_class, agent_id, args, kwargs, policy)
         if spec.agent_id in self._classes or spec.agent_id in self._handlers:
             raise ValueError(f"agent {spec.agent_id!r} is already declared on this server")
         self._classes[spec.agent_id] = spec
@@ -92,24 +111,43 @@ class Server:
 
     def create_app(self) -> web.Application:
         """A fresh aiohttp application: its start-up spawns every agent's actor, its clean-up stops them."""
-        specs = [AgentSpec.of_handlers(agent_id, handlers) for agent_id, handlers in self._handlers.items()]
+        specs = [
+            AgentSpec.of_handlers(agent_id, handlers, self._handler_policies.get(agent_id))
+            for agent_id, handlers in self._handlers.items()
+        ]
         specs += self._classes.values()
         if not specs:
             raise ValueError(f"server {self.server_id!r} has no agents: declare one before serving")
-        engine = PykkaEngine()
+        supervisor = Supervisor(
+            {spec.agent_id: spec.policy for spec in specs if spec.policy is not None},
+            self.restart_policy,
+            self.restart_policy.hang_after_s or hang_after_from_env(),
+        )
+        engine = PykkaEngine(supervisor)
         router = Router(specs, engine)
         app = Gateway(router, self._config).application()
 
         async def actors(_: web.Application) -> AsyncIterator[None]:
             router.start()
+            self._router = router
             logger.info("{} agents started: {}", len(specs), ", ".join(router.agent_ids))
+            watchdog = asyncio.create_task(engine.watch_for_hangs())
             yield
-            busy = await asyncio.get_running_loop().run_in_executor(None, engine.shutdown, STOP_TIMEOUT_S)
+            watchdog.cancel()
+            self._router = None
+            busy = await asyncio.get_running_loop().run_in_executor(None, engine.stop, STOP_TIMEOUT_S)
             if busy:
                 logger.warning("agents still busy at shutdown, abandoned: {}", ", ".join(busy))
 
         app.cleanup_ctx.append(actors)
         return app
+
+    def restart_agent(self, agent_id: str) -> None:
+        """Bring an agent back with a fresh instance, typically one marked ``failed`` after too many
+        crashes; its failure history is forgotten. Safe to call from any thread while serving."""
+        if self._router is None:
+            raise RuntimeError(f"server {self.server_id!r} is not serving")
+        self._router.restart(agent_id)
 
     def run(self, host: str = "0.0.0.0", port: int = 8000, *, log_level: str = "INFO") -> None:  # noqa: S104
         """Serve until SIGINT or SIGTERM, then stop every agent and return.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import envelope, post, run
 
-from arc_actors import Agent, ARCError, Client, Context, Server, handles
+from arc_actors import Agent, ARCError, Client, Context, RestartPolicy, Server, handles
 from arc_actors.testing import serving
 
 
@@ -42,6 +42,7 @@ class Accountant(Agent):
 
 class BrokenAtStart(Agent):
     agent_id = "broken"
+    restart_policy = RestartPolicy(max_restarts=2, backoff_initial_s=0.01)
 
     def on_start(self) -> None:
         raise RuntimeError("database unreachable")
@@ -94,7 +95,7 @@ def test_actor_subclass_and_decorator_agents_serve_side_by_side():
     assert info["totalAgents"] == 3
 
 
-def test_agent_that_fails_to_start_answers_not_available_and_health_says_failed():
+def test_agent_that_keeps_failing_to_start_is_retried_then_answers_not_available():
     server = Server(server_id="broken")
     server.add_agent(BrokenAtStart)
     server.agent_handler("fine", "test.echo")(lambda params, context: "fine")
@@ -105,8 +106,10 @@ def test_agent_that_fails_to_start_answers_not_available_and_health_says_failed(
     assert answer["error"]["code"] == -41002
     assert answer["error"]["details"]["agentId"] == "broken"
     assert health["status"] == "degraded"
-    assert health["agents"]["broken"]["status"] == "failed"
-    assert health["agents"]["broken"]["last_error"] == "RuntimeError: database unreachable"
+    broken = health["agents"]["broken"]
+    assert (broken["status"], broken["restarts"]) == ("failed", 2)
+    assert broken["last_crash"]["type"] == "RuntimeError"
+    assert broken["last_crash"]["message"] == "database unreachable"
     assert health["agents"]["fine"]["status"] == "running"
 
 

@@ -1,0 +1,152 @@
+"""Supervision as data, decisions in one place (after Erlang/OTP's supervisor).
+
+A :class:`RestartPolicy` per agent says how many restarts are allowed within how long (the
+intensity), how long to wait before each (backoff) and when a handler counts as hung. The
+:class:`Supervisor` keeps each agent's failure history and answers the one question an engine asks when
+an agent fails: restart it (after which delay), or give up on it. Agents never see any of this: they
+only raise.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import msgspec
+from loguru import logger
+
+HANG_AFTER_ENV = "ARC_HANG_AFTER_S"
+DEFAULT_HANG_AFTER_S = 120.0
+"""A handler running longer than this is abandoned, unless a policy or ARC_HANG_AFTER_S says otherwise.
+Generous, because agents often wait on slow LLM calls."""
+
+
+class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How an agent is restarted when it crashes or hangs.
+
+    * ``max_restarts`` within ``within_s`` seconds is the intensity: one more failure in that window
+      and the agent is marked failed until restarted by hand (``Server.restart_agent``).
+    * The n-th restart in the window waits ``backoff_initial_s * backoff_factor ** (n - 1)``, at most
+      ``backoff_max_s``, give or take ``backoff_jitter`` (a fraction) so restarts do not march in step.
+    * ``hang_after_s``: a handler running longer is abandoned, its caller answered -41006, and the
+      agent restarted. ``None`` takes the server-wide default (``ARC_HANG_AFTER_S``, else 120 s).
+    """
+
+    max_restarts: int = 10
+    within_s: float = 60.0
+    backoff_initial_s: float = 0.05
+    backoff_factor: float = 2.0
+    backoff_max_s: float = 5.0
+    backoff_jitter: float = 0.2
+    hang_after_s: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be {rule}, got {value!r}"
+            for name, value, ok, rule in (
+                ("max_restarts", self.max_restarts, self.max_restarts >= 0, ">= 0"),
+                ("within_s", self.within_s, self.within_s > 0, "> 0"),
+                ("backoff_initial_s", self.backoff_initial_s, self.backoff_initial_s >= 0, ">= 0"),
+                ("backoff_factor", self.backoff_factor, self.backoff_factor >= 1, ">= 1"),
+                ("backoff_max_s", self.backoff_max_s, self.backoff_max_s >= 0, ">= 0"),
+                ("backoff_jitter", self.backoff_jitter, 0 <= self.backoff_jitter < 1, "in [0, 1)"),
+                ("hang_after_s", self.hang_after_s, self.hang_after_s is None or self.hang_after_s > 0, "> 0"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("RestartPolicy: " + "; ".join(problems))
+
+    def backoff_s(self, restart_number: int) -> float:
+        """The jittered delay before the ``restart_number``-th restart (1-based) in the window."""
+        delay = min(self.backoff_max_s, self.backoff_initial_s * self.backoff_factor ** (restart_number - 1))
+        return delay * random.uniform(1 - self.backoff_jitter, 1 + self.backoff_jitter)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a failed agent: restart it after ``delay_s``, or (``restart`` false) give up."""
+
+    restart: bool
+    delay_s: float = 0.0
+
+
+def hang_after_from_env(default: float = DEFAULT_HANG_AFTER_S) -> float:
+    """The server-wide hang threshold: ``ARC_HANG_AFTER_S`` when set, else ``default``."""
+    raw = os.environ.get(HANG_AFTER_ENV)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{HANG_AFTER_ENV} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{HANG_AFTER_ENV} must be > 0, got {raw!r}")
+    return value
+
+
+class Supervisor:
+    """Owns every restart decision. Thread-safe: agents' threads and the event loop both report failures."""
+
+    def __init__(
+        self,
+        policies: Mapping[str, RestartPolicy],
+        default_policy: RestartPolicy,
+        default_hang_after_s: float,
+    ) -> None:
+        self._policies = dict(policies)
+        self._default_policy = default_policy
+        self._default_hang_after_s = default_hang_after_s
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def policy(self, agent_id: str) -> RestartPolicy:
+        return self._policies.get(agent_id, self._default_policy)
+
+    def hang_after_s(self, agent_id: str) -> float:
+        """How long a handler of ``agent_id`` may run before it counts as hung."""
+        own = self._policies.get(agent_id)
+        if own is not None and own.hang_after_s is not None:
+            return own.hang_after_s
+        return self._default_hang_after_s
+
+    def on_failure(self, agent_id: str, reason: str) -> Decision:
+        """Record a crash or hang of ``agent_id`` and decide: restart (after a backoff) or give up."""
+        policy = self.policy(agent_id)
+        now = time.monotonic()
+        with self._lock:
+            history = self._failures.setdefault(agent_id, deque())
+            history.append(now)
+            while history and now - history[0] > policy.within_s:
+                history.popleft()
+            restart_number = len(history)
+        if restart_number > policy.max_restarts:
+            logger.bind(agent_id=agent_id).error(
+                "{} failed {} times within {} s ({}): giving up, agent marked failed",
+                agent_id,
+                restart_number,
+                policy.within_s,
+                reason,
+            )
+            return Decision(restart=False)
+        delay_s = policy.backoff_s(restart_number)
+        logger.bind(agent_id=agent_id).warning(
+            "{} failed ({}): restart {} of {} allowed within {} s, in {:.3f} s",
+            agent_id,
+            reason,
+            restart_number,
+            policy.max_restarts,
+            policy.within_s,
+            delay_s,
+        )
+        return Decision(restart=True, delay_s=delay_s)
+
+    def forget(self, agent_id: str) -> None:
+        """Clear an agent's failure history, as a restart by hand does."""
+        with self._lock:
+            self._failures.pop(agent_id, None)
