@@ -16,9 +16,10 @@ from arc_actors.protocol import Outcome
 
 
 class AgentState(StrEnum):
-    """Where an agent's actor is in its life, as ``/health`` reports it: ``restarting`` covers its
-    (re)start and backoff, ``failed`` an agent given up on after too many crashes."""
+    """Where an agent's actor is in its life, as ``/health`` reports it: ``starting`` until its first
+    instance is up, ``restarting`` through a backoff and restart, ``failed`` once given up on."""
 
+    STARTING = "starting"
     RUNNING = "running"
     RESTARTING = "restarting"
     FAILED = "failed"

@@ -81,7 +81,7 @@ class _Cell:
         self.lock = threading.Lock()
         self.ref: pykka.ActorRef[AgentActor] | None = None
         self.generation = 0
-        self.state = AgentState.RESTARTING
+        self.state = AgentState.STARTING
         self.restarts = 0
         self.started_at = time.monotonic()
         self.last_crash: dict[str, str] | None = None

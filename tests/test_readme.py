@@ -34,3 +34,13 @@ def test_readme_example_agent_answers_and_raises_its_arc_error():
     assert first["result"]["chat"]["message"]["parts"][0]["content"] == "chat #1: hi"
     assert empty["error"]["code"] == -43005
     assert second["result"]["chat"]["message"]["parts"][0]["content"] == "chat #3: again"
+
+
+def test_readme_supervision_example_declares_its_policies():
+    source = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[1]
+    namespace: dict = {"__name__": "readme_supervision"}
+    exec(compile(source, "README.md", "exec"), namespace)
+    server, policy = namespace["server"], namespace["PaymentsAgent"].restart_policy
+    assert server.agent_ids == ["hr-agent", "payments-agent"]
+    assert (policy.max_restarts, policy.within_s, policy.hang_after_s) == (3, 60, 30)
+    assert server.restart_policy.max_restarts == 10

@@ -267,3 +267,93 @@ def test_backoff_grows_by_its_factor_up_to_its_cap():
 def test_restart_policy_refuses_nonsense(fields, complaint):
     with pytest.raises(ValueError, match=complaint):
         RestartPolicy(**fields)
+
+
+class Chaotic(Agent):
+    """Crashes or hangs when the request says so: the client knows exactly how many faults it caused."""
+
+    restart_policy = RestartPolicy(max_restarts=1000, backoff_initial_s=0.001, backoff_max_s=0.01, hang_after_s=0.3)
+
+    @handles("work.run")
+    def work(self, params, context):
+        if params["fault"] == "crash":
+            raise RuntimeError("injected crash")
+        if params["fault"] == "hang":
+            time.sleep(2)
+        return {"ok": True}
+
+
+def test_mixed_crashes_and_hangs_lose_nothing_and_restarts_equal_faults():
+    import random
+
+    server = Server(server_id="chaos")
+    agents = [f"chaotic-{n}" for n in range(3)]
+    for agent_id in agents:
+        server.add_agent(Chaotic, agent_id=agent_id)
+    server.add_agent(Healthy, agent_id="bystander")
+    rng = random.Random(7)
+    plan = [
+        (i, agents[i % 3] if i % 4 else "bystander", rng.choices(["crash", "hang", None], [0.2, 0.05, 0.75])[0])
+        for i in range(400)
+    ]
+    plan = [(i, agent, fault if agent != "bystander" else None) for i, agent, fault in plan]
+
+    async def load(url: str) -> Counter:
+        outcomes: Counter = Counter()
+        gate = asyncio.Semaphore(20)
+        async with aiohttp.ClientSession() as session:
+
+            async def one(i: int, agent: str, fault: str | None) -> None:
+                body = envelope(agent, "work.run", {"fault": fault}, id=i)
+                async with gate, session.post(url, json=body) as reply:
+                    answer = await reply.json(content_type=None)
+                    code = answer["error"]["code"] if answer["error"] else "ok"
+                    outcomes[(agent == "bystander", fault, code)] += 1
+
+            await asyncio.gather(*(one(*step) for step in plan))
+        return outcomes
+
+    with serving(server) as running:
+        outcomes = run(load(running.url))
+        health = run(Client(running.url).health())
+
+    planned = Counter((agent == "bystander", fault) for _, agent, fault in plan)
+    assert sum(outcomes.values()) == len(plan)
+    assert outcomes == Counter(
+        {
+            (True, None, "ok"): planned[(True, None)],
+            (False, None, "ok"): planned[(False, None)],
+            (False, "crash", -32603): planned[(False, "crash")],
+            (False, "hang", -41006): planned[(False, "hang")],
+        }
+    )
+    restarts = sum(health["agents"][agent]["restarts"] for agent in agents)
+    assert restarts == planned[(False, "crash")] + planned[(False, "hang")]
+    assert health["agents"]["bystander"]["restarts"] == 0
+
+
+class SlowToStartOnce(Agent):
+    agent_id = "slow-start"
+    restart_policy = RestartPolicy(hang_after_s=0.5, backoff_initial_s=0.01)
+    instances = itertools.count(1)
+
+    def on_start(self):
+        self.instance = next(self.instances)
+        if self.instance == 1:
+            time.sleep(30)
+
+    @handles("work.run")
+    def work(self, params, context):
+        return {"instance": self.instance}
+
+
+def test_hung_on_start_is_abandoned_and_requests_queued_meanwhile_are_served_by_the_next_instance():
+    SlowToStartOnce.instances = itertools.count(1)
+    server = Server(server_id="slow-start")
+    server.add_agent(SlowToStartOnce)
+    with serving(server) as running:
+        answer = run(post(running.url, envelope("slow-start", "work.run")))
+        health = run(Client(running.url).health())
+    assert answer["result"] == {"instance": 2}
+    assert health["agents"]["slow-start"]["restarts"] == 1
+    assert health["agents"]["slow-start"]["last_crash"]["message"] == "on_start hung for more than 0.5 s"
