@@ -89,11 +89,15 @@ class Agent:
     is only ever touched by one handler at a time. ``on_start`` and ``on_stop`` run in the agent's
     own thread, before its first and after its last message; a restart after a crash makes a new
     instance, so state starts afresh. ``restart_policy`` (or ``add_agent(..., policy=)``) sets how it
-    is supervised; by default the server's policy applies.
+    is supervised; by default the server's policy applies. ``concurrency = N`` runs N instances, each
+    with its own state, reading one mailbox; ``mailbox_size`` bounds how many requests may wait (by
+    default the server's bound).
     """
 
     agent_id: ClassVar[str | None] = None
     restart_policy: ClassVar[RestartPolicy | None] = None
+    concurrency: ClassVar[int] = 1
+    mailbox_size: ClassVar[int | None] = None
     _arc_method_attributes: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -141,6 +145,14 @@ class AgentSpec:
     factory: Callable[[], Agent]
     methods: tuple[str, ...]
     policy: RestartPolicy | None = None
+    concurrency: int = 1
+    mailbox_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ValueError(f"agent {self.agent_id!r}: concurrency must be an int >= 1, got {self.concurrency!r}")
+        if self.mailbox_size is not None and (not isinstance(self.mailbox_size, int) or self.mailbox_size < 1):
+            raise ValueError(f"agent {self.agent_id!r}: mailbox_size must be an int >= 1, got {self.mailbox_size!r}")
 
     @classmethod
     def of_class(
@@ -150,9 +162,11 @@ class AgentSpec:
         args: tuple[Any, ...] = (),
         kwargs: Mapping[str, Any] | None = None,
         policy: RestartPolicy | None = None,
+        concurrency: int | None = None,
+        mailbox_size: int | None = None,
     ) -> AgentSpec:
         """The spec of an :class:`Agent` subclass, made with ``agent_class(*args, **kwargs)``;
-        ``policy`` defaults to the class's ``restart_policy``."""
+        ``policy``, ``concurrency`` and ``mailbox_size`` default to the class's attributes."""
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
             raise TypeError(f"expected an Agent subclass, got {agent_class!r}")
         resolved_id = agent_id or agent_class.agent_id
@@ -169,15 +183,29 @@ class AgentSpec:
         def factory() -> Agent:
             return agent_class(*args, **bound_kwargs)
 
-        return cls(_check_agent_id(resolved_id), factory, methods, policy or agent_class.restart_policy)
+        return cls(
+            _check_agent_id(resolved_id),
+            factory,
+            methods,
+            policy or agent_class.restart_policy,
+            concurrency or agent_class.concurrency,
+            mailbox_size or agent_class.mailbox_size,
+        )
 
     @classmethod
     def of_handlers(
-        cls, agent_id: str, handlers: Mapping[str, Handler], policy: RestartPolicy | None = None
+        cls,
+        agent_id: str,
+        handlers: Mapping[str, Handler],
+        policy: RestartPolicy | None = None,
+        concurrency: int = 1,
+        mailbox_size: int | None = None,
     ) -> AgentSpec:
         """The spec of an agent made of handler functions keyed by ARC method."""
         frozen = dict(handlers)
-        return cls(_check_agent_id(agent_id), lambda: FunctionAgent(frozen), tuple(frozen), policy)
+        return cls(
+            _check_agent_id(agent_id), lambda: FunctionAgent(frozen), tuple(frozen), policy, concurrency, mailbox_size
+        )
 
 
 def _check_agent_id(agent_id: Any) -> str:

@@ -59,12 +59,16 @@ class Engine(Protocol):
 
         Must be called on a running asyncio loop; the outcome is delivered on that loop."""
 
+    async def drain(self, timeout_s: float) -> dict[str, int]:
+        """Refuse new requests, let queued and running ones finish for up to ``timeout_s``, then answer
+        the rest -41002; returns how many were answered so, per agent."""
+
     def stop(self, timeout_s: float) -> list[str]:
         """Stop every agent after the messages already in its mailbox, waiting at most ``timeout_s``
         in all; returns the ids of the agents still busy then. Blocks: call it off the event loop."""
 
     def restart(self, agent_id: str) -> None:
-        """Replace an agent's actor with a fresh instance now (a failed agent comes back this way)."""
+        """Bring a failed agent back with fresh instances and a forgotten failure history."""
 
     def status(self, agent_id: str) -> AgentStatus:
         """The agent's current status."""

@@ -1,28 +1,31 @@
-"""The in-process engine: each agent is a pykka ``ThreadingActor`` with its own thread and mailbox.
+"""The in-process engine: each agent is one mailbox read by pykka ``ThreadingActor`` workers.
 
-A request crosses threads twice. The gateway's loop ``tell``s the actor a :class:`_Call` (a plain
-queue put); the actor runs the handler and hands the outcome back with
-``loop.call_soon_threadsafe``. Nothing on the event loop ever blocks on an actor, and nothing raised
-by a handler, not even ``SystemExit``, leaves the actor that raised it.
+A request crosses threads twice. The gateway's loop puts a :class:`_Call` in the agent's mailbox (a
+plain queue put); a worker actor runs the handler in its own thread and hands the outcome back with
+``loop.call_soon_threadsafe``. Nothing on the event loop ever blocks on an actor, and nothing raised by
+a handler, not even ``SystemExit``, leaves the agent that raised it.
 
-Supervision, executed here as the :class:`~arc_actors.supervisor.Supervisor` decides:
+The mailbox belongs to the agent, not to an actor: an agent declared with ``concurrency=N`` has N
+workers (each with its own agent instance, so per-instance state stays single-threaded) reading one
+mailbox, and a worker that is replaced leaves the mailbox, and everything queued in it, to its successor.
 
-* **crash**: the crashing request is answered -32603, then the actor swaps in a fresh agent instance
-  in its own thread, before it takes the next message, so the mailbox and everything queued in it carry
-  over (Akka's restart).
-* **hang**: the watchdog answers the stuck request -41006, abandons the stuck thread (Python cannot kill
-  it), and starts a new actor that takes over the queued messages; whatever the old thread returns
-  later is discarded.
-* **escalation**: the agent is marked failed and every queued and new request answered -41002 at once.
+Supervision, carried out here as the :class:`~arc_actors.supervisor.Supervisor` decides:
+
+* **crash**: the crashing request is answered -32603; the worker then makes a fresh agent instance in
+  its own thread, after the backoff, before it takes another message (Akka's restart).
+* **hang**: the watchdog answers the stuck request -41006 and abandons the stuck thread (Python cannot
+  kill it) for a new worker; whatever the old thread returns later is discarded.
+* **escalation**: the agent is marked failed; every queued and new request is answered -41002 at once.
 
 Each agent's :class:`_Cell` has a lock that orders these transitions against the requests put in its
-mailbox, so no request is ever put in a mailbox that nobody will read.
+mailbox, so no request is ever left in a mailbox that nobody will read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +46,10 @@ from arc_actors.supervisor import Supervisor
 WATCHDOG_TICKS_PER_THRESHOLD = 10
 """The watchdog looks this many times per hang threshold, so a hang is caught within 10% of it."""
 
+DRAIN_POLL_S = 0.02
+RETRY_AFTER_S = 1
+"""What a refused request is told to wait before trying again (``details.retryAfter``)."""
+
 
 class _Call:
     """One request on its way through an agent's mailbox."""
@@ -56,43 +63,65 @@ class _Call:
         self.reply = reply
 
 
-class _Cell:
-    """The engine's record of one agent: its current actor and what ``/health`` reports of it.
+class _Worker:
+    """One slot of an agent's workers. ``generation`` counts the actors that filled it: an actor whose
+    generation is no longer its slot's has been abandoned and must neither answer nor read the mailbox."""
 
-    ``generation`` counts actors: an actor whose generation is no longer the cell's has been abandoned
-    and must neither answer nor take messages. ``lock`` guards ``ref``, ``generation``, ``state`` and
-    the busy marker against each other."""
+    __slots__ = ("busy_since", "current", "generation", "ref", "state")
 
-    __slots__ = (
-        "busy_since",
-        "current",
-        "generation",
-        "last_crash",
-        "lock",
-        "ref",
-        "restarts",
-        "spec",
-        "started_at",
-        "state",
-    )
-
-    def __init__(self, spec: AgentSpec) -> None:
-        self.spec = spec
-        self.lock = threading.Lock()
+    def __init__(self) -> None:
         self.ref: pykka.ActorRef[AgentActor] | None = None
         self.generation = 0
         self.state = AgentState.STARTING
-        self.restarts = 0
-        self.started_at = time.monotonic()
-        self.last_crash: dict[str, str] | None = None
         self.busy_since: float | None = None
         self.current: _Call | None = None
 
-    def not_available(self) -> ErrorObject:
+
+class _Cell:
+    """The engine's record of one agent: its mailbox, its workers, and what ``/health`` reports.
+
+    ``lock`` guards every field against the agent's threads and the event loop."""
+
+    __slots__ = (
+        "failed",
+        "last_crash",
+        "lock",
+        "mailbox",
+        "mailbox_size",
+        "restarts",
+        "spec",
+        "started_at",
+        "stopping",
+        "workers",
+    )
+
+    def __init__(self, spec: AgentSpec, mailbox_size: int) -> None:
+        self.spec = spec
+        self.lock = threading.Lock()
+        self.mailbox: queue.Queue[Any] = queue.Queue()
+        self.mailbox_size = mailbox_size
+        self.workers: list[_Worker] = []
+        self.failed = False
+        self.stopping = False
+        self.restarts = 0
+        self.started_at = time.monotonic()
+        self.last_crash: dict[str, str] | None = None
+
+    @property
+    def state(self) -> AgentState:
+        if self.failed:
+            return AgentState.FAILED
+        states = {worker.state for worker in self.workers}
+        for state in (AgentState.STOPPED, AgentState.STARTING, AgentState.RESTARTING):
+            if state in states:
+                return state
+        return AgentState.RUNNING
+
+    def not_available(self, why: str) -> ErrorObject:
         agent_id = self.spec.agent_id
         return error(
             ErrorCode.AGENT_NOT_AVAILABLE,
-            f"Agent not available: {agent_id} has failed and awaits a restart",
+            f"Agent not available: {agent_id} {why}",
             {"agentId": agent_id, "lastCrash": self.last_crash},
         )
 
@@ -103,9 +132,26 @@ class _Cell:
             "message": message,
         }
 
+    def take_calls(self) -> list[_Call]:
+        """Empty the mailbox, keeping the requests in their order (and dropping stop messages)."""
+        calls = []
+        while True:
+            try:
+                envelope = self.mailbox.get_nowait()
+            except queue.Empty:
+                return calls
+            if isinstance(envelope.message, _Call):
+                calls.append(envelope.message)
+
+    def stop_workers(self) -> None:
+        """Queue one stop per live worker, behind every request already queued."""
+        for worker in self.workers:
+            if worker.ref.is_alive():
+                worker.ref.stop(block=False)
+
 
 class AgentActor(pykka.ThreadingActor):
-    """Runs one agent instance at a time: one message at a time, in its own thread.
+    """A worker: runs one agent instance, one message at a time, in its own thread.
 
     The thread is a daemon so a handler that never returns cannot keep the process alive. The asyncio
     loop for ``async def`` handlers is made on first use, so an agent with only sync handlers costs no
@@ -113,27 +159,65 @@ class AgentActor(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, cell: _Cell, supervisor: Supervisor, delay_s: float = 0.0) -> None:
+    def __init__(self, cell: _Cell, worker: _Worker, supervisor: Supervisor, delay_s: float = 0.0) -> None:
         super().__init__()
+        # Every worker of the agent, and every successor, reads the agent's one mailbox.
+        self.actor_inbox = cell.mailbox
+        self.actor_ref.actor_inbox = cell.mailbox
         self._cell = cell
+        self._worker = worker
+        self._generation = worker.generation
         self._supervisor = supervisor
-        self._generation = cell.generation
         self._delay_s = delay_s
         self._agent: Agent | None = None
         self._handlers: dict[str, Handler] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._failed = False
+
+    def _actor_loop_teardown(self) -> None:
+        """The last thing this worker's thread does. pykka would drain the inbox here, dropping what it
+        holds; the mailbox is the agent's, shared with other workers and successors, so it is left as it
+        is, and only this worker's agent instance is released."""
+        self._release()
 
     @property
     def _abandoned(self) -> bool:
-        return self._generation != self._cell.generation
+        return self._generation != self._worker.generation
 
     def on_start(self) -> None:
         self._start_with_retries(self._delay_s)
 
+    def on_receive(self, message: Any) -> None:
+        cell, worker = self._cell, self._worker
+        with cell.lock:
+            if self._abandoned:
+                worker.ref.tell(message)  # read just before the hand-over: it is the successor's
+                self._leave()
+                return
+            if cell.failed:
+                message.reply(cell.not_available("has failed and awaits a restart"))
+                return
+            worker.busy_since = time.monotonic()
+            worker.current = message
+        outcome, crash = self._serve(message)
+        with cell.lock:
+            if self._abandoned:
+                self._leave()  # the watchdog answered this request already
+                return
+            worker.busy_since = worker.current = None
+        message.reply(outcome)
+        if crash is not None:
+            delay_s = self._after_crash(crash)
+            if delay_s is not None:
+                self._start_with_retries(delay_s)
+
+    def on_stop(self) -> None:
+        with self._cell.lock:
+            if not self._abandoned:
+                self._worker.state = AgentState.STOPPED
+
     def _start_with_retries(self, delay_s: float) -> None:
         """Make a fresh agent instance after ``delay_s``; a failing start is a crash like any other."""
-        while not self._abandoned:
+        while True:
             time.sleep(delay_s)
             try:
                 self._start_agent()
@@ -146,52 +230,23 @@ class AgentActor(pykka.ThreadingActor):
                 delay_s = next_delay_s
 
     def _start_agent(self) -> None:
-        cell = self._cell
+        cell, worker = self._cell, self._worker
         with cell.lock:
-            cell.busy_since = time.monotonic()
+            if self._abandoned:
+                self._leave()
+                return
+            worker.busy_since = time.monotonic()
         agent = cell.spec.factory()
         self._run_to_completion(agent.on_start())
         self._handlers = agent.handlers()
         self._agent = agent
         with cell.lock:
-            if not self._abandoned:
-                cell.busy_since = None
-                cell.state = AgentState.RUNNING
-                cell.started_at = time.monotonic()
-
-    def on_receive(self, message: Any) -> None:
-        cell = self._cell
-        with cell.lock:
             if self._abandoned:
-                # Taken from the inbox just before it was handed over: pass it on to the new actor.
-                cell.ref.tell(message)
+                self._leave()
                 return
-            if self._failed:
-                message.reply(cell.not_available())
-                return
-            cell.busy_since = time.monotonic()
-            cell.current = message
-        outcome, crash = self._serve(message)
-        with cell.lock:
-            if self._abandoned:
-                # The watchdog answered this request already; this thread is no longer the agent's.
-                self.stop()
-                return
-            cell.busy_since = None
-            cell.current = None
-        message.reply(outcome)
-        if crash is not None:
-            delay_s = self._after_crash(crash)
-            if delay_s is not None:
-                self._start_with_retries(delay_s)
-
-    def on_stop(self) -> None:
-        self._stop_agent()
-        if self._loop is not None:
-            self._loop.close()
-        with self._cell.lock:
-            if not self._abandoned and self._cell.state is not AgentState.FAILED:
-                self._cell.state = AgentState.STOPPED
+            worker.busy_since = None
+            worker.state = AgentState.RUNNING
+            cell.started_at = time.monotonic()
 
     def _serve(self, call: _Call) -> tuple[Outcome, BaseException | None]:
         try:
@@ -203,29 +258,36 @@ class AgentActor(pykka.ThreadingActor):
             return internal_error(exc, call.context.target_agent, call.context.trace_id, call.method), exc
 
     def _after_crash(self, exc: BaseException) -> float | None:
-        """Ask the supervisor; returns the restart delay, or None once the agent is marked failed."""
+        """Ask the supervisor; returns the restart delay, or None when this worker is done for."""
         cell = self._cell
         cell.record_crash(type(exc).__name__, str(exc))
-        self._stop_agent()
+        self._release_agent()
         decision = self._supervisor.on_failure(cell.spec.agent_id, f"{type(exc).__name__}: {exc}")
         with cell.lock:
             if self._abandoned:
+                self._leave()
                 return None
             if not decision.restart:
-                self._fail()
+                cell.failed = True
+                cell.stop_workers()
                 return None
-            cell.state = AgentState.RESTARTING
+            self._worker.state = AgentState.RESTARTING
             cell.restarts += 1
         return decision.delay_s
 
-    def _fail(self) -> None:
-        """Mark the agent failed (the cell lock is held): no request reaches this mailbox any more, the
-        ones already in it are answered -41002, then the actor stops."""
-        self._failed = True
-        self._cell.state = AgentState.FAILED
-        self.stop()
+    def _leave(self) -> None:
+        """Stop this abandoned worker without reading the mailbox again: pykka's loop ends as soon as
+        the current hook returns, and the teardown releases the agent instance."""
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
 
-    def _stop_agent(self) -> None:
+    def _release(self) -> None:
+        self._release_agent()
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+    def _release_agent(self) -> None:
         agent, self._agent, self._handlers = self._agent, None, {}
         if agent is None:
             return
@@ -247,31 +309,23 @@ def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
         future.set_result(outcome)
 
 
-def _take_inbox(ref: pykka.ActorRef[AgentActor]) -> list[_Call]:
-    """Empty an actor's mailbox, keeping the requests in their order."""
-    calls = []
-    while True:
-        try:
-            envelope = ref.actor_inbox.get_nowait()
-        except Exception:  # noqa: BLE001 - queue.Empty: the inbox protocol does not name it
-            return calls
-        if isinstance(envelope.message, _Call):
-            calls.append(envelope.message)
-
-
 class PykkaEngine:
-    """The :class:`~arc_actors.engine.Engine` of one process: a pykka actor per agent, supervised."""
+    """The :class:`~arc_actors.engine.Engine` of one process: pykka workers per agent, supervised."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor, mailbox_size: int) -> None:
         self._supervisor = supervisor
+        self._default_mailbox_size = mailbox_size
         self._cells: dict[str, _Cell] = {}
 
     def spawn(self, spec: AgentSpec) -> None:
         if spec.agent_id in self._cells:
             raise ValueError(f"agent {spec.agent_id!r} is already running")
-        cell = _Cell(spec)
+        cell = _Cell(spec, spec.mailbox_size or self._default_mailbox_size)
         with cell.lock:
-            cell.ref = AgentActor.start(cell, self._supervisor)
+            for _ in range(spec.concurrency):
+                worker = _Worker()
+                worker.ref = AgentActor.start(cell, worker, self._supervisor)
+                cell.workers.append(worker)
         self._cells[spec.agent_id] = cell
 
     def ask(self, agent_id: str, method: str, params: dict[str, Any], context: Context) -> Awaitable[Outcome]:
@@ -279,82 +333,85 @@ class PykkaEngine:
         future: asyncio.Future[Outcome] = loop.create_future()
         cell = self._cells[agent_id]
         with cell.lock:
-            if cell.state is AgentState.FAILED:
-                future.set_result(cell.not_available())
-                return future
-            try:
-                cell.ref.tell(_Call(method, params, context, partial(loop.call_soon_threadsafe, _resolve, future)))
-            except pykka.ActorDeadError:
-                future.set_result(
-                    error(
-                        ErrorCode.AGENT_NOT_AVAILABLE,
-                        f"Agent not available: {agent_id} is stopped",
-                        {"agentId": agent_id},
-                    )
-                )
+            refused = self._refusal(cell)
+            if refused is not None:
+                future.set_result(refused)
+            else:
+                call = _Call(method, params, context, partial(loop.call_soon_threadsafe, _resolve, future))
+                try:
+                    cell.workers[0].ref.tell(call)
+                except pykka.ActorDeadError:
+                    future.set_result(cell.not_available("is stopped"))
         return future
 
-    def restart(self, agent_id: str) -> None:
-        """Replace the agent's actor with a fresh one now, whatever its state; queued requests carry
-        over, a request being handled at that moment is answered -41002."""
-        cell = self._cells[agent_id]
-        self._supervisor.forget(agent_id)
-        with cell.lock:
-            interrupted = self._replace(cell, delay_s=0.0)
-        if interrupted is not None:
-            interrupted.reply(
-                error(ErrorCode.AGENT_NOT_AVAILABLE, f"Agent {agent_id} was restarted by hand", {"agentId": agent_id})
+    def _refusal(self, cell: _Cell) -> ErrorObject | None:
+        if cell.failed:
+            return cell.not_available("has failed and awaits a restart")
+        if cell.stopping:
+            return cell.not_available("is stopping: the server is shutting down")
+        if cell.mailbox.qsize() >= cell.mailbox_size:
+            agent_id = cell.spec.agent_id
+            return error(
+                ErrorCode.RATE_LIMIT_EXCEEDED,
+                f"Rate limit exceeded: {agent_id} has {cell.mailbox_size} requests waiting already",
+                {"agentId": agent_id, "mailboxSize": cell.mailbox_size, "retryAfter": RETRY_AFTER_S},
             )
+        return None
+
+    def restart(self, agent_id: str) -> None:
+        """Bring a failed agent back with fresh workers and a forgotten failure history."""
+        cell = self._cells[agent_id]
+        with cell.lock:
+            if not cell.failed:
+                raise ValueError(f"agent {agent_id!r} is {cell.state.value}: only a failed agent is restarted by hand")
+            cell.take_calls()  # only stop messages are left in a failed agent's mailbox
+            self._supervisor.forget(agent_id)
+            cell.failed = False
+            for worker in cell.workers:
+                self._replace_worker(cell, worker, delay_s=0.0)
         logger.bind(agent_id=agent_id).warning("{} restarted by hand", agent_id)
 
-    def _replace(self, cell: _Cell, delay_s: float) -> _Call | None:
-        """With the cell lock held: abandon the cell's actor for a new one (started after ``delay_s``)
-        that takes over its queued requests. Returns the request the old actor was serving."""
-        old, interrupted = cell.ref, cell.current
-        cell.generation += 1
-        cell.busy_since = cell.current = None
-        cell.state = AgentState.RESTARTING
-        cell.ref = AgentActor.start(cell, self._supervisor, delay_s)
-        for call in _take_inbox(old):
-            cell.ref.tell(call)
-        if old.is_alive():
-            old.stop(block=False)
-        return interrupted
+    def _replace_worker(self, cell: _Cell, worker: _Worker, delay_s: float) -> None:
+        """With the cell lock held: abandon the slot's actor for a new one, started after ``delay_s``."""
+        worker.generation += 1
+        worker.busy_since = worker.current = None
+        worker.state = AgentState.RESTARTING
+        worker.ref = AgentActor.start(cell, worker, self._supervisor, delay_s)
 
     async def watch_for_hangs(self) -> None:
-        """Run until cancelled: abandon and replace every actor whose handler outlives its hang threshold."""
         thresholds = {agent_id: self._supervisor.hang_after_s(agent_id) for agent_id in self._cells}
         interval_s = min(1.0, max(0.01, min(thresholds.values(), default=1.0) / WATCHDOG_TICKS_PER_THRESHOLD))
         while True:
             await asyncio.sleep(interval_s)
             now = time.monotonic()
             for agent_id, cell in self._cells.items():
-                busy_since = cell.busy_since
-                if busy_since is not None and now - busy_since > thresholds[agent_id]:
-                    self._abandon_hung(cell, busy_since, thresholds[agent_id])
+                for worker in cell.workers:
+                    busy_since = worker.busy_since
+                    if busy_since is not None and now - busy_since > thresholds[agent_id]:
+                        self._abandon_hung(cell, worker, busy_since, thresholds[agent_id])
 
-    def _abandon_hung(self, cell: _Cell, busy_since: float, hang_after_s: float) -> None:
+    def _abandon_hung(self, cell: _Cell, worker: _Worker, busy_since: float, hang_after_s: float) -> None:
         agent_id = cell.spec.agent_id
         queued: list[_Call] = []
         with cell.lock:
-            if cell.busy_since != busy_since:
+            if worker.busy_since != busy_since:
                 return  # it finished after all, and moved on
-            method = cell.current.method if cell.current is not None else "on_start"
-            reason = f"{method} hung for more than {hang_after_s} s"
+            interrupted = worker.current
+            reason = f"{interrupted.method if interrupted else 'on_start'} hung for more than {hang_after_s} s"
             logger.bind(agent_id=agent_id).error("watchdog: {} {}; abandoning its thread", agent_id, reason)
             cell.record_crash("Hang", reason)
             decision = self._supervisor.on_failure(agent_id, reason)
-            if decision.restart:
-                interrupted = self._replace(cell, decision.delay_s)
+            if decision.restart and not cell.failed:
+                self._replace_worker(cell, worker, decision.delay_s)
                 cell.restarts += 1
             else:
-                interrupted = cell.current
-                cell.generation += 1
-                cell.busy_since = cell.current = None
-                cell.state = AgentState.FAILED
-                queued = _take_inbox(cell.ref)
+                worker.generation += 1
+                worker.busy_since = worker.current = None
+                cell.failed = True
+                queued = cell.take_calls()
+                cell.stop_workers()
         for call in queued:
-            call.reply(cell.not_available())
+            call.reply(cell.not_available("has failed and awaits a restart"))
         if interrupted is not None:
             interrupted.reply(
                 error(
@@ -364,19 +421,39 @@ class PykkaEngine:
                 )
             )
 
-    def stop(self, timeout_s: float) -> list[str]:
-        """Stop every agent after its queued messages; returns the ids still busy at the deadline.
+    async def drain(self, timeout_s: float) -> dict[str, int]:
+        """Refuse new requests, let the queued and running ones finish for up to ``timeout_s``, then
+        answer what is left -41002. Returns, per agent, how many requests were answered so."""
+        for cell in self._cells.values():
+            with cell.lock:
+                cell.stopping = True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(self._has_work(cell) for cell in self._cells.values()):
+            await asyncio.sleep(DRAIN_POLL_S)
+        unserved: dict[str, int] = {}
+        for agent_id, cell in self._cells.items():
+            with cell.lock:
+                calls = cell.take_calls() + [worker.current for worker in cell.workers if worker.current]
+            for call in calls:
+                call.reply(cell.not_available("stopped before serving this request: the server shut down"))
+            if calls:
+                unserved[agent_id] = len(calls)
+        return unserved
 
-        Those are left on their daemon threads: a hung handler cannot be killed, only abandoned."""
+    @staticmethod
+    def _has_work(cell: _Cell) -> bool:
+        return not cell.mailbox.empty() or any(worker.current is not None for worker in cell.workers)
+
+    def stop(self, timeout_s: float) -> list[str]:
         deadline = time.monotonic() + timeout_s
         for cell in self._cells.values():
             with cell.lock:
-                if cell.ref.is_alive():
-                    cell.ref.stop(block=False)
+                cell.stopping = True
+                cell.stop_workers()
         return [
             agent_id
             for agent_id, cell in self._cells.items()
-            if not cell.ref.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
+            if not all(worker.ref.actor_stopped.wait(max(0.0, deadline - time.monotonic())) for worker in cell.workers)
         ]
 
     def status(self, agent_id: str) -> AgentStatus:
@@ -384,7 +461,7 @@ class PykkaEngine:
         return AgentStatus(
             state=cell.state,
             restarts=cell.restarts,
-            mailbox=cell.ref.actor_inbox.qsize(),
+            mailbox=cell.mailbox.qsize(),
             uptime_s=time.monotonic() - cell.started_at,
             last_crash=cell.last_crash,
         )

@@ -23,8 +23,12 @@ from arc_actors.supervisor import RestartPolicy, Supervisor, hang_after_from_env
 
 H = TypeVar("H", bound=Handler)
 
-STOP_TIMEOUT_S = 5.0
-"""How long a stopping server waits for agents to finish the messages already in their mailboxes."""
+DRAIN_TIMEOUT_S = 5.0
+"""How long a stopping server lets agents finish the requests already queued or running."""
+STOP_TIMEOUT_S = 1.0
+"""How long, after the drain, a stopping server waits for agents' threads to end (a hung one never does)."""
+DEFAULT_MAILBOX_SIZE = 1000
+"""How many requests may wait for an agent before more are refused -44007 (backpressure)."""
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -49,11 +53,21 @@ class Server:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         reference_statuses: bool = False,
         restart_policy: RestartPolicy | None = None,
+        mailbox_size: int = DEFAULT_MAILBOX_SIZE,
+        drain_timeout_s: float = DRAIN_TIMEOUT_S,
     ) -> None:
-        """``restart_policy`` is the default for agents that bring none of their own; its
-        ``hang_after_s``, when unset, comes from ``ARC_HANG_AFTER_S`` (else 120 s)."""
+        """``restart_policy`` and ``mailbox_size`` are the defaults for agents that bring none of their
+        own; the policy's ``hang_after_s``, when unset, comes from ``ARC_HANG_AFTER_S`` (else 120 s).
+        On SIGTERM or SIGINT the server refuses new requests and lets queued and running ones finish for
+        up to ``drain_timeout_s``; what is left then is answered -41002."""
+        if mailbox_size < 1:
+            raise ValueError(f"mailbox_size must be >= 1, got {mailbox_size!r}")
+        if drain_timeout_s < 0:
+            raise ValueError(f"drain_timeout_s must be >= 0, got {drain_timeout_s!r}")
         self.server_id = server_id
         self.restart_policy = restart_policy or RestartPolicy()
+        self.mailbox_size = mailbox_size
+        self.drain_timeout_s = drain_timeout_s
         self._config = GatewayConfig(
             server_id=server_id,
             version=version,
@@ -62,20 +76,29 @@ class Server:
             reference_statuses=reference_statuses,
         )
         self._handlers: dict[str, dict[str, Handler]] = {}
-        self._handler_policies: dict[str, RestartPolicy] = {}
+        self._handler_options: dict[str, dict[str, Any]] = {}
         self._classes: dict[str, AgentSpec] = {}
         self._router: Router | None = None
 
-    def agent_handler(self, agent_id: str, method: str, policy: RestartPolicy | None = None) -> Callable[[H], H]:
+    def agent_handler(
+        self,
+        agent_id: str,
+        method: str,
+        policy: RestartPolicy | None = None,
+        *,
+        concurrency: int | None = None,
+        mailbox_size: int | None = None,
+    ) -> Callable[[H], H]:
         """Declare ``async def handler(params, context)`` (or a plain ``def``) as ``agent_id``'s
-        handler of ARC ``method``. All handlers of one agent id share one actor, and one
-        ``policy``: any of them may carry it, two different ones are an error."""
+        handler of ARC ``method``. All handlers of one agent id share one agent, and its options
+        (``policy``, ``concurrency``, ``mailbox_size``): any of its handlers may carry them, two
+        different values of one option are an error."""
         if agent_id in self._classes:
             raise ValueError(f"agent {agent_id!r} is already added as {self._classes[agent_id]!r}")
-        if policy is not None:
-            known = self._handler_policies.setdefault(agent_id, policy)
-            if known != policy:
-                raise ValueError(f"agent {agent_id!r} has two different restart policies: {known!r} and {policy!r}")
+        options = self._handler_options.setdefault(agent_id, {})
+        for name, value in (("policy", policy), ("concurrency", concurrency), ("mailbox_size", mailbox_size)):
+            if value is not None and options.setdefault(name, value) != value:
+                raise ValueError(f"agent {agent_id!r} has two different {name} values: {options[name]!r} and {value!r}")
 
         def register(handler: H) -> H:
             if not callable(handler):
@@ -94,12 +117,15 @@ class Server:
         *args: Any,
         agent_id: str | None = None,
         policy: RestartPolicy | None = None,
+        concurrency: int | None = None,
+        mailbox_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         """Serve an :class:`Agent` subclass; each (re)start makes ``agent_class(*args, **kwargs)``.
 
-        ``agent_id`` defaults to the class attribute ``agent_id``, ``policy`` to its ``restart_policy``."""
-        spec = AgentSpec.of_class(agent_class, agent_id, args, kwargs, policy)
+        ``agent_id``, ``policy``, ``concurrency`` and ``mailbox_size`` default to the class attributes
+        ``agent_id``, ``restart_policy``, ``concurrency`` and ``mailbox_size``."""
+        spec = AgentSpec.of_class(agent_class, agent_id, args, kwargs, policy, concurrency, mailbox_size)
         if spec.agent_id in self._classes or spec.agent_id in self._handlers:
             raise ValueError(f"agent {spec.agent_id!r} is already declared on this server")
         self._classes[spec.agent_id] = spec
@@ -112,7 +138,7 @@ class Server:
     def create_app(self) -> web.Application:
         """A fresh aiohttp application: its start-up spawns every agent's actor, its clean-up stops them."""
         specs = [
-            AgentSpec.of_handlers(agent_id, handlers, self._handler_policies.get(agent_id))
+            AgentSpec.of_handlers(agent_id, handlers, **self._handler_options.get(agent_id, {}))
             for agent_id, handlers in self._handlers.items()
         ]
         specs += self._classes.values()
@@ -123,7 +149,7 @@ class Server:
             self.restart_policy,
             self.restart_policy.hang_after_s or hang_after_from_env(),
         )
-        engine = PykkaEngine(supervisor)
+        engine = PykkaEngine(supervisor, self.mailbox_size)
         router = Router(specs, engine)
         app = Gateway(router, self._config).application()
 
@@ -139,7 +165,14 @@ class Server:
             if busy:
                 logger.warning("agents still busy at shutdown, abandoned: {}", ", ".join(busy))
 
+        async def drain(_: web.Application) -> None:
+            logger.info("draining: new requests refused, up to {} s for queued and running ones", self.drain_timeout_s)
+            unserved = await engine.drain(self.drain_timeout_s)
+            for agent_id, count in unserved.items():
+                logger.warning("{} requests to {} answered -41002 at the drain deadline", count, agent_id)
+
         app.cleanup_ctx.append(actors)
+        app.on_shutdown.append(drain)
         return app
 
     def restart_agent(self, agent_id: str) -> None:
@@ -162,7 +195,7 @@ class Server:
                 port=port,
                 print=logger.info,
                 access_log=None,
-                shutdown_timeout=STOP_TIMEOUT_S,
+                shutdown_timeout=self.drain_timeout_s + STOP_TIMEOUT_S,
                 loop=new_event_loop(),
             )
         except OSError as exc:

@@ -42,12 +42,15 @@ def serving(server: Server, host: str = "127.0.0.1", port: int = 0) -> Iterator[
     loop = new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name=f"arc-server-{server.server_id}", daemon=True)
     thread.start()
-    runner = web.AppRunner(server.create_app(), access_log=None, shutdown_timeout=STOP_TIMEOUT_S)
+    runner = web.AppRunner(
+        server.create_app(), access_log=None, shutdown_timeout=server.drain_timeout_s + STOP_TIMEOUT_S
+    )
     try:
         bound_port = asyncio.run_coroutine_threadsafe(_start(runner, host, port), loop).result(START_TIMEOUT_S)
         yield RunningServer(host, bound_port)
     finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(START_TIMEOUT_S + STOP_TIMEOUT_S)
+        stop_within_s = START_TIMEOUT_S + server.drain_timeout_s + STOP_TIMEOUT_S
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(stop_within_s)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(START_TIMEOUT_S)
         loop.close()

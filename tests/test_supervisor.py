@@ -237,7 +237,7 @@ def test_policy_on_a_decorated_handler_applies_to_its_agent_and_two_policies_are
     def other(params, context):
         return "never reached"
 
-    with pytest.raises(ValueError, match="two different restart policies"):
+    with pytest.raises(ValueError, match="two different policy values"):
         server.agent_handler("fragile", "work.third", policy=RestartPolicy(max_restarts=1))
 
     with serving(server) as running:
