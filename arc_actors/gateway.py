@@ -37,6 +37,8 @@ _REFERENCE_STATUSES = {
     ErrorCode.AGENT_NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_FOUND: 404,
     ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.AGENT_NOT_AVAILABLE: 503,
+    ErrorCode.RATE_LIMIT_EXCEEDED: 429,
 }
 
 
@@ -45,8 +47,8 @@ class GatewayConfig:
     """How the gateway presents itself and what it accepts.
 
     ``reference_statuses`` answers ARC errors with the reference server's HTTP statuses (400, 404,
-    500) instead of 200; the real arc-sdk Client then loses the precise error code, which is why it
-    is off by default."""
+    500; and 429 with ``Retry-After`` for backpressure, 503 for an unavailable agent) instead of 200;
+    the real arc-sdk Client then loses the precise error code, which is why it is off by default."""
 
     server_id: str
     version: str
@@ -199,7 +201,10 @@ class Gateway:
         )
         if http_status is None:
             http_status = self._http_status(outcome.code) if failed else 200
-        return web.Response(body=encoder.encode(envelope), status=http_status, content_type=ARC_CONTENT_TYPE)
+        response = web.Response(body=encoder.encode(envelope), status=http_status, content_type=ARC_CONTENT_TYPE)
+        if http_status in (429, 503) and "retryAfter" in outcome.details:
+            response.headers["Retry-After"] = str(outcome.details["retryAfter"])
+        return response
 
     def _http_status(self, code: int) -> int:
         if not self._config.reference_statuses:

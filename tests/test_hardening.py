@@ -1,0 +1,201 @@
+"""Production hardening: backpressure, per-agent concurrency, graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import textwrap
+import time
+from collections import Counter
+
+import aiohttp
+from conftest import envelope, post, post_raw, run
+from test_cli import free_port, start, wait_healthy
+
+from arc_actors import Agent, Client, Server, handles
+from arc_actors.testing import serving
+
+
+class Slow(Agent):
+    agent_id = "slow"
+    mailbox_size = 5
+
+    @handles("work.run")
+    def work(self, params, context):
+        time.sleep(params.get("sleep", 1.0))
+        return {"instance": id(self)}
+
+
+class Quick(Agent):
+    agent_id = "quick"
+
+    @handles("work.run")
+    async def work(self, params, context):
+        return {"ok": True}
+
+
+async def wait_for_mailbox(client: Client, agent_id: str, depth: int) -> None:
+    deadline = time.monotonic() + 10
+    while (await client.health())["agents"][agent_id]["mailbox"] != depth:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+
+
+def flood_scenario(url: str) -> tuple[list[dict], list[dict], list[dict]]:
+    async def scenario() -> tuple[list[dict], list[dict], list[dict]]:
+        client = Client(url)
+        first = [asyncio.ensure_future(post(url, envelope("slow", "work.run", id=i))) for i in range(2)]
+        await wait_for_mailbox(client, "slow", 1)  # one running, one waiting
+        flood = await asyncio.gather(*(post(url, envelope("slow", "work.run", id=i)) for i in range(2, 30)))
+        others = await asyncio.gather(*(post(url, envelope("quick", "work.run", id=i)) for i in range(20)))
+        return [await request for request in first], flood, others
+
+    return run(scenario())
+
+
+def test_flooded_agent_refuses_the_overflow_at_once_while_another_agent_serves_everything():
+    server = Server(server_id="flood")
+    server.add_agent(Slow)
+    server.add_agent(Quick)
+    with serving(server) as running:
+        first, flood, others = flood_scenario(running.url)
+    refused = [answer for answer in flood if answer["error"]]
+    served = [answer for answer in flood if not answer["error"]]
+    assert all(answer["error"] is None for answer in first)
+    assert (len(served), len(refused)) == (4, 24)
+    assert {answer["error"]["code"] for answer in refused} == {-44007}
+    assert refused[0]["error"]["details"] == {"agentId": "slow", "mailboxSize": 5, "retryAfter": 1}
+    assert all(answer["result"] == {"ok": True} for answer in others)
+
+
+def test_reference_statuses_answer_backpressure_with_429_and_retry_after():
+    server = Server(server_id="flood-ref", reference_statuses=True)
+    server.add_agent(Slow, mailbox_size=1)
+
+    async def scenario(url: str) -> tuple[int, str, dict]:
+        client = Client(url)
+        first = [asyncio.ensure_future(post_raw(url, json.dumps(envelope("slow", "work.run")))) for _ in range(2)]
+        await wait_for_mailbox(client, "slow", 1)
+        async with aiohttp.ClientSession() as session, session.post(url, json=envelope("slow", "work.run")) as reply:
+            status, retry_after, answer = reply.status, reply.headers.get("Retry-After"), await reply.json()
+        await asyncio.gather(*first)
+        return status, retry_after, answer
+
+    with serving(server) as running:
+        status, retry_after, answer = run(scenario(running.url))
+    assert (status, retry_after, answer["error"]["code"]) == (429, "1", -44007)
+
+
+class Parallel(Agent):
+    agent_id = "parallel"
+    concurrency = 4
+
+    def on_start(self):
+        self.served = 0
+
+    @handles("work.run")
+    def work(self, params, context):
+        self.served += 1
+        time.sleep(1.0)
+        return {"instance": id(self), "served_by_this_instance": self.served}
+
+
+def test_concurrency_four_serves_four_blocking_requests_at_once_each_instance_with_its_own_state():
+    server = Server(server_id="parallel")
+    server.add_agent(Parallel)
+
+    async def scenario(url: str) -> tuple[list[dict], float]:
+        started = time.monotonic()
+        answers = await asyncio.gather(*(post(url, envelope("parallel", "work.run", id=i)) for i in range(4)))
+        return answers, time.monotonic() - started
+
+    with serving(server) as running:
+        answers, elapsed = run(scenario(running.url))
+    assert len({answer["result"]["instance"] for answer in answers}) == 4
+    assert {answer["result"]["served_by_this_instance"] for answer in answers} == {1}
+    assert elapsed < 3.0, f"4 one-second requests took {elapsed:.2f} s: they were not served in parallel"
+
+
+def test_decorated_agent_takes_concurrency_and_mailbox_size_from_any_of_its_handlers():
+    server = Server(server_id="options")
+    server.agent_handler("a", "work.run", concurrency=2)(lambda params, context: 1)
+    server.agent_handler("a", "work.other", mailbox_size=3)(lambda params, context: 2)
+    try:
+        server.agent_handler("a", "work.third", concurrency=3)
+    except ValueError as exc:
+        assert "two different concurrency values: 2 and 3" in str(exc)
+    else:
+        raise AssertionError("conflicting concurrency accepted")
+    with serving(server) as running:
+        assert run(post(running.url, envelope("a", "work.other")))["result"] == 2
+
+
+DRAIN_APP = textwrap.dedent(
+    """
+    import time
+    from arc_actors import Agent, Server, handles
+
+    class Slow(Agent):
+        agent_id = "slow"
+        concurrency = 2
+
+        @handles("work.run")
+        def work(self, params, context):
+            time.sleep(0.3)
+            return {"done": True}
+
+    server = Server(server_id="drain", drain_timeout_s=DRAIN)
+    server.add_agent(Slow)
+    """
+)
+
+
+def sigterm_during_load(tmp_path, drain_timeout_s: float) -> tuple[Counter, int, str]:
+    app = tmp_path / "drain_app.py"
+    app.write_text(DRAIN_APP.replace("DRAIN", str(drain_timeout_s)))
+    port = free_port()
+    process = start("serve", str(app), "--port", str(port))
+    try:
+        wait_healthy(port, process)
+        url = f"http://127.0.0.1:{port}/arc"
+
+        async def load() -> Counter:
+            async with aiohttp.ClientSession() as session:
+
+                async def one(i: int) -> str:
+                    async with session.post(url, json=envelope("slow", "work.run", id=i)) as reply:
+                        answer = await reply.json(content_type=None)
+                        return "ok" if answer["error"] is None else answer["error"]["code"]
+
+                requests = [asyncio.ensure_future(one(i)) for i in range(20)]
+                deadline = time.monotonic() + 10
+                while (await Client(url).health())["agents"]["slow"]["mailbox"] < 15:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+                process.send_signal(signal.SIGTERM)
+                return Counter(await asyncio.gather(*requests, return_exceptions=True))
+
+        outcomes = run(load())
+        exit_code = process.wait(timeout=30)
+        return outcomes, exit_code, process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_sigterm_during_load_answers_every_request_already_sent_and_exits_zero(tmp_path):
+    outcomes, exit_code, stderr = sigterm_during_load(tmp_path, drain_timeout_s=10)
+    assert outcomes == Counter(ok=20), outcomes
+    assert exit_code == 0
+    assert "draining" in stderr
+
+
+def test_requests_left_at_the_drain_deadline_are_answered_not_available(tmp_path):
+    outcomes, exit_code, stderr = sigterm_during_load(tmp_path, drain_timeout_s=0.5)
+    assert sum(outcomes.values()) == 20
+    assert set(outcomes) == {"ok", -41002}, outcomes
+    assert outcomes[-41002] >= 5
+    assert exit_code == 0
+    assert "answered -41002 at the drain deadline" in stderr
