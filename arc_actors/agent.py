@@ -91,13 +91,15 @@ class Agent:
     instance, so state starts afresh. ``restart_policy`` (or ``add_agent(..., policy=)``) sets how it
     is supervised; by default the server's policy applies. ``concurrency = N`` runs N instances, each
     with its own state, reading one mailbox; ``mailbox_size`` bounds how many requests may wait (by
-    default the server's bound).
+    default the server's bound); ``request_timeout_s`` bounds how long a caller waits, queue included
+    (by default the server's, none unless set).
     """
 
     agent_id: ClassVar[str | None] = None
     restart_policy: ClassVar[RestartPolicy | None] = None
     concurrency: ClassVar[int] = 1
     mailbox_size: ClassVar[int | None] = None
+    request_timeout_s: ClassVar[float | None] = None
     _arc_method_attributes: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -147,12 +149,15 @@ class AgentSpec:
     policy: RestartPolicy | None = None
     concurrency: int = 1
     mailbox_size: int | None = None
+    request_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ValueError(f"agent {self.agent_id!r}: concurrency must be an int >= 1, got {self.concurrency!r}")
         if self.mailbox_size is not None and (not isinstance(self.mailbox_size, int) or self.mailbox_size < 1):
             raise ValueError(f"agent {self.agent_id!r}: mailbox_size must be an int >= 1, got {self.mailbox_size!r}")
+        if self.request_timeout_s is not None and not self.request_timeout_s > 0:
+            raise ValueError(f"agent {self.agent_id!r}: request_timeout_s must be > 0, got {self.request_timeout_s!r}")
 
     @classmethod
     def of_class(
@@ -164,9 +169,11 @@ class AgentSpec:
         policy: RestartPolicy | None = None,
         concurrency: int | None = None,
         mailbox_size: int | None = None,
+        request_timeout_s: float | None = None,
     ) -> AgentSpec:
         """The spec of an :class:`Agent` subclass, made with ``agent_class(*args, **kwargs)``;
-        ``policy``, ``concurrency`` and ``mailbox_size`` default to the class's attributes."""
+        ``policy``, ``concurrency``, ``mailbox_size`` and ``request_timeout_s`` default to the class's
+        attributes."""
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
             raise TypeError(f"expected an Agent subclass, got {agent_class!r}")
         resolved_id = agent_id or agent_class.agent_id
@@ -190,6 +197,7 @@ class AgentSpec:
             policy or agent_class.restart_policy,
             concurrency or agent_class.concurrency,
             mailbox_size or agent_class.mailbox_size,
+            request_timeout_s or agent_class.request_timeout_s,
         )
 
     @classmethod
@@ -200,11 +208,18 @@ class AgentSpec:
         policy: RestartPolicy | None = None,
         concurrency: int = 1,
         mailbox_size: int | None = None,
+        request_timeout_s: float | None = None,
     ) -> AgentSpec:
         """The spec of an agent made of handler functions keyed by ARC method."""
         frozen = dict(handlers)
         return cls(
-            _check_agent_id(agent_id), lambda: FunctionAgent(frozen), tuple(frozen), policy, concurrency, mailbox_size
+            _check_agent_id(agent_id),
+            lambda: FunctionAgent(frozen),
+            tuple(frozen),
+            policy,
+            concurrency,
+            mailbox_size,
+            request_timeout_s,
         )
 
 

@@ -33,6 +33,7 @@ class AgentStatus:
     state: AgentState
     restarts: int
     mailbox: int
+    busy: int
     uptime_s: float
     last_crash: dict[str, str] | None = None
 
@@ -42,6 +43,7 @@ class AgentStatus:
             "status": self.state.value,
             "restarts": self.restarts,
             "mailbox": self.mailbox,
+            "busy": self.busy,
             "uptime_s": round(self.uptime_s, 3),
             "last_crash": self.last_crash,
         }

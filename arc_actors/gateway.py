@@ -22,6 +22,7 @@ from arc_actors.protocol import (
     ErrorCode,
     ErrorObject,
     Outcome,
+    deeper_than,
     encoder,
     error,
     request_decoder,
@@ -29,6 +30,7 @@ from arc_actors.protocol import (
 from arc_actors.router import Router
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_PARAMS_DEPTH = 32
 
 _REFERENCE_STATUSES = {
     ErrorCode.PARSE_ERROR: 400,
@@ -54,6 +56,7 @@ class GatewayConfig:
     version: str
     description: str = ""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_params_depth: int = DEFAULT_MAX_PARAMS_DEPTH
     reference_statuses: bool = False
 
 
@@ -102,6 +105,14 @@ class Gateway:
                 ErrorCode.INVALID_ARC_VERSION,
                 f"Invalid ARC version: {request.arc!r}",
                 {"supportedVersion": ARC_VERSION},
+            )
+        if deeper_than(request.params, self._config.max_params_depth):
+            limit = self._config.max_params_depth
+            return self._reject(
+                body,
+                ErrorCode.INVALID_PARAMS,
+                f"Invalid params: nested deeper than {limit} levels",
+                {"maxDepth": limit},
             )
         try:
             outcome = await self._router.dispatch(request)

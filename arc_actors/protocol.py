@@ -189,6 +189,24 @@ def params_error(method: str, params: dict[str, Any]) -> ErrorObject | None:
     return None
 
 
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects and arrays more than ``limit`` levels deep (iterative, so a
+    hostile document cannot exhaust the stack; stops at the first path over the limit)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 Outcome = msgspec.Raw | ErrorObject
 """What an agent answers a request with: its result, already encoded as JSON, or an error."""
 

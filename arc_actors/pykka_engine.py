@@ -52,15 +52,17 @@ RETRY_AFTER_S = 1
 
 
 class _Call:
-    """One request on its way through an agent's mailbox."""
+    """One request on its way through an agent's mailbox. ``expired``: its caller was answered
+    already (request timeout), so a worker that has not started it skips it."""
 
-    __slots__ = ("context", "method", "params", "reply")
+    __slots__ = ("context", "expired", "method", "params", "reply")
 
     def __init__(self, method: str, params: dict[str, Any], context: Context, reply: Callable[[Outcome], None]) -> None:
         self.method = method
         self.params = params
         self.context = context
         self.reply = reply
+        self.expired = False
 
 
 class _Worker:
@@ -88,6 +90,7 @@ class _Cell:
         "lock",
         "mailbox",
         "mailbox_size",
+        "request_timeout_s",
         "restarts",
         "spec",
         "started_at",
@@ -95,11 +98,12 @@ class _Cell:
         "workers",
     )
 
-    def __init__(self, spec: AgentSpec, mailbox_size: int) -> None:
+    def __init__(self, spec: AgentSpec, mailbox_size: int, request_timeout_s: float | None) -> None:
         self.spec = spec
         self.lock = threading.Lock()
         self.mailbox: queue.Queue[Any] = queue.Queue()
         self.mailbox_size = mailbox_size
+        self.request_timeout_s = request_timeout_s
         self.workers: list[_Worker] = []
         self.failed = False
         self.stopping = False
@@ -195,6 +199,8 @@ class AgentActor(pykka.ThreadingActor):
                 return
             if cell.failed:
                 message.reply(cell.not_available("has failed and awaits a restart"))
+                return
+            if message.expired:
                 return
             worker.busy_since = time.monotonic()
             worker.current = message
@@ -309,18 +315,37 @@ def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
         future.set_result(outcome)
 
 
+def _expire(future: asyncio.Future[Outcome], call: _Call, cell: _Cell) -> None:
+    """The request timeout: answer the caller now; a worker that has not started the call skips it."""
+    call.expired = True
+    agent_id = cell.spec.agent_id
+    _resolve(
+        future,
+        error(
+            ErrorCode.AGENT_TIMEOUT,
+            f"Agent timeout: no answer from {agent_id} within {cell.request_timeout_s} s",
+            {"agentId": agent_id, "requestTimeoutS": cell.request_timeout_s},
+        ),
+    )
+
+
 class PykkaEngine:
     """The :class:`~arc_actors.engine.Engine` of one process: pykka workers per agent, supervised."""
 
-    def __init__(self, supervisor: Supervisor, mailbox_size: int) -> None:
+    def __init__(self, supervisor: Supervisor, mailbox_size: int, request_timeout_s: float | None = None) -> None:
         self._supervisor = supervisor
         self._default_mailbox_size = mailbox_size
+        self._default_request_timeout_s = request_timeout_s
         self._cells: dict[str, _Cell] = {}
 
     def spawn(self, spec: AgentSpec) -> None:
         if spec.agent_id in self._cells:
             raise ValueError(f"agent {spec.agent_id!r} is already running")
-        cell = _Cell(spec, spec.mailbox_size or self._default_mailbox_size)
+        cell = _Cell(
+            spec,
+            spec.mailbox_size or self._default_mailbox_size,
+            spec.request_timeout_s or self._default_request_timeout_s,
+        )
         with cell.lock:
             for _ in range(spec.concurrency):
                 worker = _Worker()
@@ -342,6 +367,9 @@ class PykkaEngine:
                     cell.workers[0].ref.tell(call)
                 except pykka.ActorDeadError:
                     future.set_result(cell.not_available("is stopped"))
+        if cell.request_timeout_s is not None and not future.done():
+            timer = loop.call_later(cell.request_timeout_s, _expire, future, call, cell)
+            future.add_done_callback(lambda _: timer.cancel())
         return future
 
     def _refusal(self, cell: _Cell) -> ErrorObject | None:
@@ -462,6 +490,7 @@ class PykkaEngine:
             state=cell.state,
             restarts=cell.restarts,
             mailbox=cell.mailbox.qsize(),
+            busy=sum(worker.current is not None for worker in cell.workers),
             uptime_s=time.monotonic() - cell.started_at,
             last_crash=cell.last_crash,
         )

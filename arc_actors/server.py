@@ -15,7 +15,7 @@ from aiohttp import web
 from loguru import logger
 
 from arc_actors.agent import Agent, AgentSpec, Handler
-from arc_actors.gateway import DEFAULT_MAX_BODY_BYTES, Gateway, GatewayConfig
+from arc_actors.gateway import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PARAMS_DEPTH, Gateway, GatewayConfig
 from arc_actors.logs import configure_logging
 from arc_actors.pykka_engine import PykkaEngine
 from arc_actors.router import Router
@@ -54,25 +54,33 @@ class Server:
         reference_statuses: bool = False,
         restart_policy: RestartPolicy | None = None,
         mailbox_size: int = DEFAULT_MAILBOX_SIZE,
+        request_timeout_s: float | None = None,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        max_params_depth: int = DEFAULT_MAX_PARAMS_DEPTH,
     ) -> None:
-        """``restart_policy`` and ``mailbox_size`` are the defaults for agents that bring none of their
-        own; the policy's ``hang_after_s``, when unset, comes from ``ARC_HANG_AFTER_S`` (else 120 s).
+        """``restart_policy``, ``mailbox_size`` and ``request_timeout_s`` are the defaults for agents that
+        bring none of their own; the policy's ``hang_after_s``, when unset, comes from
+        ``ARC_HANG_AFTER_S`` (else 120 s). ``max_body_bytes`` and ``max_params_depth`` bound what a
+        request may carry.
         On SIGTERM or SIGINT the server refuses new requests and lets queued and running ones finish for
         up to ``drain_timeout_s``; what is left then is answered -41002."""
         if mailbox_size < 1:
             raise ValueError(f"mailbox_size must be >= 1, got {mailbox_size!r}")
         if drain_timeout_s < 0:
             raise ValueError(f"drain_timeout_s must be >= 0, got {drain_timeout_s!r}")
+        if request_timeout_s is not None and not request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s!r}")
         self.server_id = server_id
         self.restart_policy = restart_policy or RestartPolicy()
         self.mailbox_size = mailbox_size
+        self.request_timeout_s = request_timeout_s
         self.drain_timeout_s = drain_timeout_s
         self._config = GatewayConfig(
             server_id=server_id,
             version=version,
             description=description or f"arc_actors server {server_id}",
             max_body_bytes=max_body_bytes,
+            max_params_depth=max_params_depth,
             reference_statuses=reference_statuses,
         )
         self._handlers: dict[str, dict[str, Handler]] = {}
@@ -88,15 +96,22 @@ class Server:
         *,
         concurrency: int | None = None,
         mailbox_size: int | None = None,
+        request_timeout_s: float | None = None,
     ) -> Callable[[H], H]:
         """Declare ``async def handler(params, context)`` (or a plain ``def``) as ``agent_id``'s
         handler of ARC ``method``. All handlers of one agent id share one agent, and its options
-        (``policy``, ``concurrency``, ``mailbox_size``): any of its handlers may carry them, two
-        different values of one option are an error."""
+        (``policy``, ``concurrency``, ``mailbox_size``, ``request_timeout_s``): any of its handlers may
+        carry them, two different values of one option are an error."""
         if agent_id in self._classes:
             raise ValueError(f"agent {agent_id!r} is already added as {self._classes[agent_id]!r}")
         options = self._handler_options.setdefault(agent_id, {})
-        for name, value in (("policy", policy), ("concurrency", concurrency), ("mailbox_size", mailbox_size)):
+        given = {
+            "policy": policy,
+            "concurrency": concurrency,
+            "mailbox_size": mailbox_size,
+            "request_timeout_s": request_timeout_s,
+        }
+        for name, value in given.items():
             if value is not None and options.setdefault(name, value) != value:
                 raise ValueError(f"agent {agent_id!r} has two different {name} values: {options[name]!r} and {value!r}")
 
@@ -119,13 +134,16 @@ class Server:
         policy: RestartPolicy | None = None,
         concurrency: int | None = None,
         mailbox_size: int | None = None,
+        request_timeout_s: float | None = None,
         **kwargs: Any,
     ) -> None:
         """Serve an :class:`Agent` subclass; each (re)start makes ``agent_class(*args, **kwargs)``.
 
-        ``agent_id``, ``policy``, ``concurrency`` and ``mailbox_size`` default to the class attributes
-        ``agent_id``, ``restart_policy``, ``concurrency`` and ``mailbox_size``."""
-        spec = AgentSpec.of_class(agent_class, agent_id, args, kwargs, policy, concurrency, mailbox_size)
+        ``agent_id``, ``policy``, ``concurrency``, ``mailbox_size`` and ``request_timeout_s`` default to
+        the class attributes of the same names (``restart_policy`` for ``policy``)."""
+        spec = AgentSpec.of_class(
+            agent_class, agent_id, args, kwargs, policy, concurrency, mailbox_size, request_timeout_s
+        )
         if spec.agent_id in self._classes or spec.agent_id in self._handlers:
             raise ValueError(f"agent {spec.agent_id!r} is already declared on this server")
         self._classes[spec.agent_id] = spec
@@ -149,7 +167,7 @@ class Server:
             self.restart_policy,
             self.restart_policy.hang_after_s or hang_after_from_env(),
         )
-        engine = PykkaEngine(supervisor, self.mailbox_size)
+        engine = PykkaEngine(supervisor, self.mailbox_size, self.request_timeout_s)
         router = Router(specs, engine)
         app = Gateway(router, self._config).application()
 

@@ -35,10 +35,10 @@ class Quick(Agent):
         return {"ok": True}
 
 
-async def wait_for_mailbox(client: Client, agent_id: str, depth: int) -> None:
+async def wait_for_health(client: Client, agent_id: str, key: str, value: int) -> None:
     deadline = time.monotonic() + 10
-    while (await client.health())["agents"][agent_id]["mailbox"] != depth:
-        assert time.monotonic() < deadline
+    while (await client.health())["agents"][agent_id][key] != value:
+        assert time.monotonic() < deadline, f"{agent_id} {key} never reached {value}"
         await asyncio.sleep(0.01)
 
 
@@ -46,7 +46,7 @@ def flood_scenario(url: str) -> tuple[list[dict], list[dict], list[dict]]:
     async def scenario() -> tuple[list[dict], list[dict], list[dict]]:
         client = Client(url)
         first = [asyncio.ensure_future(post(url, envelope("slow", "work.run", id=i))) for i in range(2)]
-        await wait_for_mailbox(client, "slow", 1)  # one running, one waiting
+        await wait_for_health(client, "slow", "mailbox", 1)  # one running, one waiting
         flood = await asyncio.gather(*(post(url, envelope("slow", "work.run", id=i)) for i in range(2, 30)))
         others = await asyncio.gather(*(post(url, envelope("quick", "work.run", id=i)) for i in range(20)))
         return [await request for request in first], flood, others
@@ -75,8 +75,10 @@ def test_reference_statuses_answer_backpressure_with_429_and_retry_after():
 
     async def scenario(url: str) -> tuple[int, str, dict]:
         client = Client(url)
-        first = [asyncio.ensure_future(post_raw(url, json.dumps(envelope("slow", "work.run")))) for _ in range(2)]
-        await wait_for_mailbox(client, "slow", 1)
+        first = [asyncio.ensure_future(post_raw(url, json.dumps(envelope("slow", "work.run"))))]
+        await wait_for_health(client, "slow", "busy", 1)
+        first.append(asyncio.ensure_future(post_raw(url, json.dumps(envelope("slow", "work.run")))))
+        await wait_for_health(client, "slow", "mailbox", 1)
         async with aiohttp.ClientSession() as session, session.post(url, json=envelope("slow", "work.run")) as reply:
             status, retry_after, answer = reply.status, reply.headers.get("Retry-After"), await reply.json()
         await asyncio.gather(*first)
@@ -199,3 +201,40 @@ def test_requests_left_at_the_drain_deadline_are_answered_not_available(tmp_path
     assert outcomes[-41002] >= 5
     assert exit_code == 0
     assert "answered -41002 at the drain deadline" in stderr
+
+
+def nested(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels - 1):
+        value = {"n": value}
+    return value
+
+
+def test_params_nested_deeper_than_the_limit_are_refused_before_reaching_the_agent(echo_url):
+    deep = run(post(echo_url, envelope(params=nested(33))))
+    assert deep["error"]["code"] == -32602
+    assert deep["error"]["details"] == {"maxDepth": 32}
+    assert deep["id"] == "req-1"
+    assert run(post(echo_url, envelope(params=nested(32))))["error"] is None
+
+
+def test_request_timeout_answers_a_caller_stuck_in_the_queue_and_the_agent_skips_that_request():
+    server = Server(server_id="timeouts")
+    server.add_agent(Slow, request_timeout_s=0.5)
+
+    async def scenario(url: str) -> tuple[list[dict], float, dict]:
+        started = time.monotonic()
+        answers = await asyncio.gather(
+            *(post(url, envelope("slow", "work.run", {"sleep": 0.3}, id=i)) for i in range(4))
+        )
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.5)  # the skipped requests must not keep the agent busy
+        return answers, elapsed, await Client(url).health()
+
+    with serving(server) as running:
+        answers, elapsed, health = run(scenario(running.url))
+    codes = [answer["error"]["code"] if answer["error"] else "ok" for answer in answers]
+    assert codes == ["ok", -41006, -41006, -41006], codes
+    assert answers[1]["error"]["details"] == {"agentId": "slow", "requestTimeoutS": 0.5}
+    assert elapsed < 1.5
+    assert health["agents"]["slow"]["mailbox"] == 0
