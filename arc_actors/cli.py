@@ -12,10 +12,14 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+from arc_actors.config import DEFAULT_CONFIG_FILE, UNSET, ConfigError, load_settings
 from arc_actors.server import Server
 
 DEFAULT_ATTRIBUTE = "server"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
 
 
 class AppError(Exception):
@@ -30,11 +34,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         server = load_app(args.app)
-    except AppError as exc:
+        flags = {"host": args.host, "port": args.port, "log_level": args.log_level, "log_json": args.log_json}
+        settings = load_settings(args.config, overrides=flags)
+        server.configure(settings)
+    except (AppError, ConfigError) as exc:
         print(f"arc_actors: {exc}", file=sys.stderr)
         return 2
-    server.run(host=args.host, port=args.port, log_level=args.log_level)
+    serving = settings.server
+    server.run(
+        host=_given(serving.host, DEFAULT_HOST),
+        port=_given(serving.port, DEFAULT_PORT),
+        log_level=_given(serving.log_level, "INFO"),
+        log_json=_given(serving.log_json, False),
+    )
     return 0
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is UNSET else value
 
 
 def load_app(app: str | None) -> Server:
@@ -100,13 +117,24 @@ def _parser() -> argparse.ArgumentParser:
         f"'{DEFAULT_ATTRIBUTE}'; a function returning a Server also works). Omit it to serve the "
         "built-in demo agents finance-agent, hr-agent and support-agent.",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    serve.add_argument("--host", help=f"interface to listen on (default: {DEFAULT_HOST}; env ARC_HOST)")
+    serve.add_argument("--port", type=int, help=f"port to listen on (default: {DEFAULT_PORT}; env ARC_PORT)")
     serve.add_argument(
         "--log-level",
-        default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper,
-        help="log level (default: %(default)s)",
+        help="log level (default: INFO; env ARC_LOG_LEVEL)",
+    )
+    serve.add_argument(
+        "--log-json",
+        action="store_true",
+        default=None,
+        help="log one JSON object per line (env ARC_LOG_JSON)",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"TOML settings file (default: ./{DEFAULT_CONFIG_FILE} when it exists); ARC_* environment "
+        "variables override it and flags override both",
     )
     return parser

@@ -16,8 +16,11 @@ LINE_FORMAT = (
 )
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send logs to stderr at ``level``, one line each, with agent and trace ids ("-" when unbound)."""
+def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
+    """Send logs to stderr at ``level``, one line each, with agent and trace ids ("-" when unbound);
+    ``json_lines`` writes each record as one JSON object instead (loguru's ``serialize``)."""
     logger.remove()
     logger.configure(extra={"agent_id": "-", "trace_id": "-"})
-    logger.add(sys.stderr, level=level.upper(), format=LINE_FORMAT, backtrace=False, diagnose=False)
+    logger.add(
+        sys.stderr, level=level.upper(), format=LINE_FORMAT, backtrace=False, diagnose=False, serialize=json_lines
+    )

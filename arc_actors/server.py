@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from aiohttp import web
 from loguru import logger
 
 from arc_actors.agent import Agent, AgentSpec, Handler
+from arc_actors.config import UNSET, ConfigError, Settings
 from arc_actors.gateway import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PARAMS_DEPTH, Gateway, GatewayConfig
 from arc_actors.logs import configure_logging
 from arc_actors.pykka_engine import PykkaEngine
@@ -64,12 +66,6 @@ class Server:
         request may carry.
         On SIGTERM or SIGINT the server refuses new requests and lets queued and running ones finish for
         up to ``drain_timeout_s``; what is left then is answered -41002."""
-        if mailbox_size < 1:
-            raise ValueError(f"mailbox_size must be >= 1, got {mailbox_size!r}")
-        if drain_timeout_s < 0:
-            raise ValueError(f"drain_timeout_s must be >= 0, got {drain_timeout_s!r}")
-        if request_timeout_s is not None and not request_timeout_s > 0:
-            raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s!r}")
         self.server_id = server_id
         self.restart_policy = restart_policy or RestartPolicy()
         self.mailbox_size = mailbox_size
@@ -83,10 +79,50 @@ class Server:
             max_params_depth=max_params_depth,
             reference_statuses=reference_statuses,
         )
+        self._check_settings()
         self._handlers: dict[str, dict[str, Handler]] = {}
         self._handler_options: dict[str, dict[str, Any]] = {}
         self._classes: dict[str, AgentSpec] = {}
+        self._agent_overrides: dict[str, dict[str, Any]] = {}
         self._router: Router | None = None
+
+    def _check_settings(self) -> None:
+        if self.mailbox_size < 1:
+            raise ValueError(f"mailbox_size must be >= 1, got {self.mailbox_size!r}")
+        if self.drain_timeout_s < 0:
+            raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s!r}")
+        if self.request_timeout_s is not None and not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+        if self._config.max_body_bytes < 1 or self._config.max_params_depth < 1:
+            raise ValueError("max_body_bytes and max_params_depth must be >= 1")
+
+    def configure(self, settings: Settings) -> None:
+        """Apply what a configuration (file, environment, flags) sets, over what the code passed.
+
+        Raises :class:`~arc_actors.config.ConfigError` naming an agent the server does not declare or
+        a value out of range."""
+        server = settings.server
+        for name in ("mailbox_size", "request_timeout_s", "drain_timeout_s", "restart_policy"):
+            if getattr(server, name) is not UNSET:
+                setattr(self, name, getattr(server, name))
+        gateway_fields = ("max_body_bytes", "max_params_depth", "reference_statuses")
+        changes = {name: getattr(server, name) for name in gateway_fields if getattr(server, name) is not UNSET}
+        self._config = replace(self._config, **changes)
+        unknown = sorted(set(settings.agents) - set(self.agent_ids))
+        if unknown:
+            raise ConfigError(f"config names agents this server does not declare: {', '.join(unknown)}")
+        for agent_id, agent in settings.agents.items():
+            options = {
+                name: getattr(agent, name) for name in agent.__struct_fields__ if getattr(agent, name) is not UNSET
+            }
+            self._agent_overrides[agent_id] = {
+                "policy" if name == "restart_policy" else name: value for name, value in options.items()
+            }
+        try:
+            self._check_settings()
+            self._specs()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def agent_handler(
         self,
@@ -153,13 +189,18 @@ class Server:
         """Every agent id declared so far, in declaration order."""
         return [*self._handlers, *self._classes]
 
-    def create_app(self) -> web.Application:
-        """A fresh aiohttp application: its start-up spawns every agent's actor, its clean-up stops them."""
+    def _specs(self) -> list[AgentSpec]:
+        """Every agent's spec, with the configuration's overrides applied."""
         specs = [
             AgentSpec.of_handlers(agent_id, handlers, **self._handler_options.get(agent_id, {}))
             for agent_id, handlers in self._handlers.items()
         ]
         specs += self._classes.values()
+        return [replace(spec, **self._agent_overrides.get(spec.agent_id, {})) for spec in specs]
+
+    def create_app(self) -> web.Application:
+        """A fresh aiohttp application: its start-up spawns every agent's actor, its clean-up stops them."""
+        specs = self._specs()
         if not specs:
             raise ValueError(f"server {self.server_id!r} has no agents: declare one before serving")
         supervisor = Supervisor(
@@ -200,11 +241,18 @@ class Server:
             raise RuntimeError(f"server {self.server_id!r} is not serving")
         self._router.restart(agent_id)
 
-    def run(self, host: str = "0.0.0.0", port: int = 8000, *, log_level: str = "INFO") -> None:  # noqa: S104
-        """Serve until SIGINT or SIGTERM, then stop every agent and return.
+    def run(
+        self,
+        host: str = "0.0.0.0",  # noqa: S104 - the reference SDK's default, kept for its users
+        port: int = 8000,
+        *,
+        log_level: str = "INFO",
+        log_json: bool = False,
+    ) -> None:
+        """Serve until SIGINT or SIGTERM, then drain, stop every agent and return.
 
         A port that cannot be bound ends the process with a one-line message, not a traceback."""
-        configure_logging(log_level)
+        configure_logging(log_level, json_lines=log_json)
         app = self.create_app()
         try:
             web.run_app(

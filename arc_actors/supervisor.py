@@ -26,7 +26,7 @@ DEFAULT_HANG_AFTER_S = 120.0
 Generous, because agents often wait on slow LLM calls."""
 
 
-class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True):
+class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How an agent is restarted when it crashes or hangs.
 
     * ``max_restarts`` within ``within_s`` seconds is the intensity: one more failure in that window

@@ -1,0 +1,114 @@
+"""Settings from a TOML file, ``ARC_*`` environment variables and command-line flags, in that rising
+order of precedence, over what the code passed to ``Server(...)``.
+
+The file is decoded by msgspec into the Structs below, so a wrong key or type is refused with its path
+(``Object contains unknown field `mailbox_sise` - at `$.server```). Every field is optional: only what a
+source sets is applied.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Union, get_args, get_type_hints
+
+import msgspec
+
+from arc_actors.supervisor import RestartPolicy
+
+DEFAULT_CONFIG_FILE = "arc_actors.toml"
+ENV_PREFIX = "ARC_"
+
+UNSET: Any = msgspec.UNSET
+
+
+class ConfigError(Exception):
+    """A configuration source says something that cannot be applied; the message says where."""
+
+
+class AgentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[agents.AGENT_ID]``: overrides of one agent's own options."""
+
+    concurrency: int | msgspec.UnsetType = UNSET
+    mailbox_size: int | msgspec.UnsetType = UNSET
+    request_timeout_s: float | msgspec.UnsetType = UNSET
+    restart_policy: RestartPolicy | msgspec.UnsetType = UNSET
+
+
+class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[server]``: how the process serves; each field also reads ``ARC_<FIELD>`` from the environment."""
+
+    host: str | msgspec.UnsetType = UNSET
+    port: int | msgspec.UnsetType = UNSET
+    log_level: str | msgspec.UnsetType = UNSET
+    log_json: bool | msgspec.UnsetType = UNSET
+    max_body_bytes: int | msgspec.UnsetType = UNSET
+    max_params_depth: int | msgspec.UnsetType = UNSET
+    reference_statuses: bool | msgspec.UnsetType = UNSET
+    mailbox_size: int | msgspec.UnsetType = UNSET
+    request_timeout_s: float | msgspec.UnsetType = UNSET
+    drain_timeout_s: float | msgspec.UnsetType = UNSET
+    restart_policy: RestartPolicy | msgspec.UnsetType = UNSET
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A whole configuration file."""
+
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    agents: dict[str, AgentSettings] = msgspec.field(default_factory=dict)
+
+
+ENV_FIELDS = tuple(name for name in ServerSettings.__struct_fields__ if name != "restart_policy")
+"""The ``[server]`` fields that ``ARC_<FIELD>`` sets (the policy's hang threshold has ``ARC_HANG_AFTER_S``)."""
+
+
+def load_settings(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Settings from ``path`` (or ``arc_actors.toml`` in the working directory when it exists), then
+    ``ARC_*`` variables of ``environ``, then ``overrides`` (command-line flags; ``None`` values skipped)."""
+    settings = _read_file(path)
+    environ = os.environ if environ is None else environ
+    for name in ENV_FIELDS:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw.strip():
+            _set(settings.server, name, raw, f"environment variable {ENV_PREFIX + name.upper()}", strict=False)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            _set(settings.server, name, value, f"flag --{name.replace('_', '-')}", strict=True)
+    return settings
+
+
+def _read_file(path: str | Path | None) -> Settings:
+    if path is None:
+        default = Path(DEFAULT_CONFIG_FILE)
+        if not default.is_file():
+            return Settings()
+        path = default
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        return msgspec.toml.decode(data, type=Settings)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r}: {exc}") from None
+
+
+def _set(server: ServerSettings, name: str, value: Any, source: str, *, strict: bool) -> None:
+    try:
+        converted = msgspec.convert(value, _FIELD_TYPES[name], strict=strict)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    setattr(server, name, converted)
+
+
+_FIELD_TYPES = {
+    name: Union[tuple(arg for arg in get_args(hint) if arg is not msgspec.UnsetType)]  # noqa: UP007
+    for name, hint in get_type_hints(ServerSettings).items()
+}
+"""Each ``[server]`` field's type without its UNSET marker, to convert environment strings and flags."""
