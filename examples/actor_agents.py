@@ -8,10 +8,10 @@ Run:  python -m arc_actors serve examples/actor_agents.py
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from arc_actors import Agent, ARCError, Context, ErrorCode, Server
+from arc_actors.demo import chat_reply, new_chat_id
 
 
 class ChatAgent(Agent):
@@ -25,25 +25,14 @@ class ChatAgent(Agent):
 
     async def chat_start(self, params: dict[str, Any], context: Context) -> dict[str, Any]:
         self.chats_started += 1
-        return self._chat(params.get("chatId") or f"chat-{uuid.uuid4().hex[:8]}", self.greeting)
+        return chat_reply(params.get("chatId") or new_chat_id(), self.greeting)
 
     async def chat_message(self, params: dict[str, Any], context: Context) -> dict[str, Any]:
         if not params["message"].get("parts"):
             raise ARCError(
                 ErrorCode.INVALID_CHAT_MESSAGE, "A message needs at least one part", {"chatId": params["chatId"]}
             )
-        return self._chat(params["chatId"], self.reply)
-
-    @staticmethod
-    def _chat(chat_id: str, text: str) -> dict[str, Any]:
-        return {
-            "type": "chat",
-            "chat": {
-                "chatId": chat_id,
-                "status": "ACTIVE",
-                "message": {"role": "agent", "parts": [{"type": "text", "content": text}]},
-            },
-        }
+        return chat_reply(params["chatId"], self.reply)
 
 
 class FinanceAgent(ChatAgent):
