@@ -15,6 +15,7 @@ from aiohttp import web
 from loguru import logger
 
 from arc_actors.agent import Agent, AgentSpec, Handler
+from arc_actors.auth import AuthConfig, Authenticator
 from arc_actors.gateway import DEFAULT_MAX_BODY_BYTES, Gateway, GatewayConfig
 from arc_actors.logs import configure_logging
 from arc_actors.pykka_engine import PykkaEngine
@@ -49,11 +50,17 @@ class Server:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         reference_statuses: bool = False,
         restart_policy: RestartPolicy | None = None,
+        auth: AuthConfig | None = None,
     ) -> None:
         """``restart_policy`` is the default for agents that bring none of their own; its
-        ``hang_after_s``, when unset, comes from ``ARC_HANG_AFTER_S`` (else 120 s)."""
+        ``hang_after_s``, when unset, comes from ``ARC_HANG_AFTER_S`` (else 120 s). ``auth``, when
+        enabled, puts ``/arc`` behind bearer tokens; a bad one (a missing key, PyJWT not installed)
+        is an error here."""
         self.server_id = server_id
         self.restart_policy = restart_policy or RestartPolicy()
+        self._authenticator = Authenticator(auth) if auth is not None and auth.enabled else None
+        if auth is not None and not auth.enabled and (auth.tokens or auth.jwt is not None):
+            logger.warning("auth has tokens or jwt configured but enabled is false: /arc is open to anyone")
         self._config = GatewayConfig(
             server_id=server_id,
             version=version,
@@ -125,7 +132,9 @@ class Server:
         )
         engine = PykkaEngine(supervisor)
         router = Router(specs, engine)
-        app = Gateway(router, self._config).application()
+        if self._authenticator is not None:
+            self._authenticator.check_agents(router.agent_ids)
+        app = Gateway(router, self._config, self._authenticator).application()
 
         async def actors(_: web.Application) -> AsyncIterator[None]:
             router.start()
