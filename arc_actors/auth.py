@@ -282,7 +282,7 @@ class _JWTVerifier:
         jwt, config = self._jwt, self._config
         try:
             algorithm = jwt.get_unverified_header(token).get("alg")
-            key = self._keys.get(algorithm)
+            key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
             if key is None:
                 raise jwt.InvalidAlgorithmError
             claims = jwt.decode(

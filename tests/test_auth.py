@@ -52,6 +52,11 @@ def token(
     return jwt.encode({name: value for name, value in payload.items() if value is not None}, key, algorithm="HS256")
 
 
+def b64json(value: Any) -> str:
+    """One segment of a hand-made JWT."""
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
 def bearer(value: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {value}"}
 
@@ -112,6 +117,13 @@ MATRIX = [
     ("jwt without exp", bearer(token(exp=None)), chat(), 401, -44005),
     ("jwt without sub", bearer(token(subject=None)), chat(), 401, -44005),
     ("jwt with a non-string scope", bearer(token(scope=7)), chat(), 401, -44005),
+    (
+        "jwt whose alg is a list",
+        bearer(f"{b64json({'alg': ['HS256']})}.{b64json({'sub': 'x'})}.AAAA"),
+        chat(),
+        401,
+        -44005,
+    ),
     ("unsigned jwt (alg none)", bearer(jwt.encode({"sub": "alice"}, None, algorithm="none")), chat(), 401, -44005),
     ("jwt missing a scope", bearer(token(scope="arc.chat.controller")), chat(), 403, -44003),
     ("jwt with task scopes only", bearer(token(scope="arc.task.controller arc.agent.caller")), chat(), 403, -44003),
@@ -269,11 +281,9 @@ def rsa_keys() -> tuple[Any, str]:
 def hs256_by_hand(claims: dict, key: bytes) -> str:
     """An HS256 JWT made without PyJWT, which refuses to use a PEM key as an HMAC secret."""
 
-    def part(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-    signing_input = part(b'{"alg":"HS256","typ":"JWT"}') + "." + part(json.dumps(claims).encode())
-    return signing_input + "." + part(hmac.new(key, signing_input.encode(), hashlib.sha256).digest())
+    signing_input = b64json({"alg": "HS256", "typ": "JWT"}) + "." + b64json(claims)
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
 
 
 def test_rs256_accepts_the_key_holders_token_and_refuses_the_public_key_as_an_hmac_secret():
