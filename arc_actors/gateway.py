@@ -100,7 +100,10 @@ class Gateway:
             return self._reject(b"", ErrorCode.INVALID_REQUEST, "Invalid request: JSON nested too deeply")
         identity = None
         if self._authenticator is not None:
-            checked = self._authenticator.authenticate(http_request.headers.get("Authorization"), request)
+            try:
+                checked = self._authenticator.authenticate(http_request.headers.get("Authorization"), request)
+            except Exception as exc:  # noqa: BLE001 - fail closed, and with an ARC error
+                checked = AuthFailure(internal_error(exc, request.target_agent, request.trace_id, "authentication"))
             if isinstance(checked, AuthFailure):
                 return self._refuse(
                     checked, request_id=request.id, target_agent=request.request_agent, trace_id=request.trace_id

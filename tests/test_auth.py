@@ -450,3 +450,16 @@ def test_jwt_config_without_pyjwt_says_how_to_install_it(monkeypatch):
 def test_identity_is_a_plain_value():
     identity = Identity("alice", frozenset({"a"}))
     assert (identity.subject, identity.scopes, identity.claims) == ("alice", frozenset({"a"}), {})
+
+
+def test_a_failing_authenticator_fails_closed_with_an_internal_error(monkeypatch):
+    from arc_actors.auth import Authenticator
+
+    def broken(self, authorization, request=None):
+        raise RuntimeError("bug in auth")
+
+    monkeypatch.setattr(Authenticator, "authenticate", broken)
+    with serving(auth_server()) as running:
+        status, _, answer = run(send(running.url, chat(), bearer(STATIC_TOKEN)))
+    assert (status, answer["result"], answer["error"]["code"]) == (200, None, -32603)
+    assert set(answer["error"]["details"]) == {"errorId"}
