@@ -4,6 +4,7 @@ The public API is what this module exports; everything else is importable but no
 """
 
 from arc_actors.agent import Agent, Context, handles
+from arc_actors.auth import AuthConfig, Identity, JWTConfig, StaticToken
 from arc_actors.client import Client, Response
 from arc_actors.exceptions import ARCError, ARCException
 from arc_actors.protocol import ErrorCode
@@ -16,11 +17,15 @@ __all__ = [
     "ARCError",
     "ARCException",
     "Agent",
+    "AuthConfig",
     "Client",
     "Context",
     "ErrorCode",
+    "Identity",
+    "JWTConfig",
     "Response",
     "RestartPolicy",
     "Server",
+    "StaticToken",
     "handles",
 ]

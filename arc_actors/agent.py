@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from arc_actors.protocol import ARC_METHODS
 from arc_actors.supervisor import RestartPolicy
+
+if TYPE_CHECKING:
+    from arc_actors.auth import Identity
 
 _METHOD_BY_ATTRIBUTE = {method.replace(".", "_"): method for method in ARC_METHODS}
 
@@ -43,6 +46,8 @@ class Context:
 
     Attributes and, for code written against the reference SDK, mapping keys:
     ``request_id``, ``method``, ``request_agent``, ``target_agent``, ``trace_id``, ``auth``.
+    ``auth`` is the caller's :class:`~arc_actors.auth.Identity` (subject, scopes, claims) when the
+    server checks tokens, else None.
     """
 
     __slots__ = ("auth", "method", "request_agent", "request_id", "target_agent", "trace_id")
@@ -54,7 +59,7 @@ class Context:
         request_agent: str,
         target_agent: str,
         trace_id: str | None = None,
-        auth: Mapping[str, Any] | None = None,
+        auth: Identity | None = None,
     ) -> None:
         self.request_id = request_id
         self.method = method

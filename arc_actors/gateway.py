@@ -1,8 +1,9 @@
 """The HTTP face of the runtime: ``POST /arc``, ``GET /health``, ``GET /agent-info`` (aiohttp).
 
-``POST /arc`` is parse, route, await, encode, in that order, and nothing else. Errors come back as ARC
-error envelopes in the protocol's order (-32700, -32600, -45001, -41001, -32601, the handler's own,
--32603): never a traceback, never a 5xx unless reference statuses are asked for.
+``POST /arc`` is parse, authenticate (when auth is on), route, await, encode, in that order, and nothing
+else. Errors come back as ARC error envelopes in the protocol's order (-32700, -32600, -440xx, -45001,
+-41001, -32601, the handler's own, -32603): never a traceback, never a 5xx unless reference statuses
+are asked for.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from arc_actors.auth import Authenticator, AuthFailure, Identity
 from arc_actors.engine import AgentState
 from arc_actors.exceptions import internal_error
 from arc_actors.protocol import (
@@ -72,11 +74,13 @@ _salvage_decoder = msgspec.json.Decoder(_EnvelopeIds)
 
 
 class Gateway:
-    """The aiohttp handlers, bound to one router and one configuration."""
+    """The aiohttp handlers, bound to one router and one configuration; with an ``authenticator``,
+    ``/arc`` and ``/agent-info`` need a valid token and ``/health`` lists its agents only to one."""
 
-    def __init__(self, router: Router, config: GatewayConfig) -> None:
+    def __init__(self, router: Router, config: GatewayConfig, authenticator: Authenticator | None = None) -> None:
         self._router = router
         self._config = config
+        self._authenticator = authenticator
 
     def application(self) -> web.Application:
         """A new aiohttp application serving this gateway's routes."""
@@ -99,6 +103,17 @@ class Gateway:
             return self._reject(b"", ErrorCode.PARSE_ERROR, f"Parse error: {exc}")
         except RecursionError:
             return self._reject(b"", ErrorCode.INVALID_REQUEST, "Invalid request: JSON nested too deeply")
+        identity = None
+        if self._authenticator is not None:
+            try:
+                checked = self._authenticator.authenticate(http_request.headers.get("Authorization"), request)
+            except Exception as exc:  # noqa: BLE001 - fail closed, and with an ARC error
+                checked = AuthFailure(internal_error(exc, request.target_agent, request.trace_id, "authentication"))
+            if isinstance(checked, AuthFailure):
+                return self._refuse(
+                    checked, request_id=request.id, target_agent=request.request_agent, trace_id=request.trace_id
+                )
+            identity = checked
         if request.arc != ARC_VERSION:
             return self._reject(
                 body,
@@ -115,7 +130,7 @@ class Gateway:
                 {"maxDepth": limit},
             )
         try:
-            outcome = await self._router.dispatch(request)
+            outcome = await self._router.dispatch(request, identity)
         except Exception as exc:  # noqa: BLE001 - the wire never sees a traceback
             outcome = internal_error(exc, request.target_agent, request.trace_id, "the gateway")
         responder = request.target_agent if self._router.has_agent(request.target_agent) else None
@@ -133,19 +148,22 @@ class Gateway:
         response.headers["Allow"] = "POST"
         return response
 
-    async def handle_health(self, _: web.Request) -> web.Response:
+    async def handle_health(self, http_request: web.Request) -> web.Response:
         agents = {agent_id: self._router.status(agent_id).as_json() for agent_id in self._router.agent_ids}
         healthy = all(agent["status"] == AgentState.RUNNING for agent in agents.values())
-        return _json(
-            {
-                "status": "healthy" if healthy else "degraded",
-                "server_id": self._config.server_id,
-                "version": self._config.version,
-                "agents": agents,
-            }
-        )
+        health = {
+            "status": "healthy" if healthy else "degraded",
+            "server_id": self._config.server_id,
+            "version": self._config.version,
+            "agents": agents,
+        }
+        if self._authenticator is not None and not self._shows_agents(http_request):
+            del health["agents"]
+        return _json(health)
 
-    async def handle_agent_info(self, _: web.Request) -> web.Response:
+    async def handle_agent_info(self, http_request: web.Request) -> web.Response:
+        if isinstance(checked := self._identify(http_request), AuthFailure):
+            return self._refuse(checked)
         agents = {
             agent_id: {
                 "supportedMethods": self._router.methods_of(agent_id),
@@ -175,6 +193,24 @@ class Gateway:
                 pass
         outcome = error(ErrorCode.MESSAGE_TOO_LARGE, f"Request body over {limit} bytes", {"maxBytes": limit})
         return self._respond(outcome, http_status=413)
+
+    def _identify(self, http_request: web.Request) -> Identity | AuthFailure | None:
+        """The caller of a GET endpoint, by its token alone; None when auth is off."""
+        if self._authenticator is None:
+            return None
+        return self._authenticator.authenticate(http_request.headers.get("Authorization"))
+
+    def _shows_agents(self, http_request: web.Request) -> bool:
+        """Whether ``/health`` may list the agents: to a valid token only. A probe without one is no
+        refusal, and not logged as one."""
+        return "Authorization" in http_request.headers and isinstance(self._identify(http_request), Identity)
+
+    def _refuse(self, failure: AuthFailure, **envelope: Any) -> web.Response:
+        """The answer to a request its token does not allow; it names the server, never an agent."""
+        response = self._respond(failure.error, http_status=failure.http_status, **envelope)
+        if failure.www_authenticate is not None:
+            response.headers["WWW-Authenticate"] = failure.www_authenticate
+        return response
 
     def _reject(
         self, body: bytes, code: ErrorCode, message: str, details: dict[str, Any] | None = None

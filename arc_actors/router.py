@@ -4,11 +4,14 @@ answered here, everything else goes through the engine to the agent's actor."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arc_actors.agent import AgentSpec, Context
 from arc_actors.engine import AgentStatus, Engine
 from arc_actors.protocol import ARCRequest, ErrorCode, Outcome, error, params_error
+
+if TYPE_CHECKING:
+    from arc_actors.auth import Identity
 
 MAX_LISTED_AGENTS = 100
 """An unknown-agent error lists at most this many agent ids, so a probe cannot make us echo 10,000."""
@@ -45,8 +48,8 @@ class Router:
             raise KeyError(f"no agent {agent_id!r}; agents: {', '.join(self._methods)}")
         self._engine.restart(agent_id)
 
-    async def dispatch(self, request: ARCRequest) -> Outcome:
-        """The outcome of one valid request."""
+    async def dispatch(self, request: ARCRequest, auth: Identity | None = None) -> Outcome:
+        """The outcome of one valid request; ``auth`` is the caller's identity, when auth is on."""
         methods = self._methods.get(request.target_agent)
         if methods is None:
             return self._agent_not_found(request.target_agent)
@@ -59,7 +62,9 @@ class Router:
         invalid = params_error(request.method, request.params)
         if invalid is not None:
             return invalid
-        context = Context(request.id, request.method, request.request_agent, request.target_agent, request.trace_id)
+        context = Context(
+            request.id, request.method, request.request_agent, request.target_agent, request.trace_id, auth
+        )
         return await self._engine.ask(request.target_agent, request.method, request.params, context)
 
     def _agent_not_found(self, agent_id: str) -> Outcome:

@@ -16,6 +16,7 @@ from aiohttp import web
 from loguru import logger
 
 from arc_actors.agent import Agent, AgentSpec, Handler
+from arc_actors.auth import AuthConfig, Authenticator
 from arc_actors.config import UNSET, ConfigError, Settings
 from arc_actors.gateway import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PARAMS_DEPTH, Gateway, GatewayConfig
 from arc_actors.logs import configure_logging
@@ -59,18 +60,24 @@ class Server:
         request_timeout_s: float | None = None,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
         max_params_depth: int = DEFAULT_MAX_PARAMS_DEPTH,
+        auth: AuthConfig | None = None,
     ) -> None:
         """``restart_policy``, ``mailbox_size`` and ``request_timeout_s`` are the defaults for agents that
         bring none of their own; the policy's ``hang_after_s``, when unset, comes from
         ``ARC_HANG_AFTER_S`` (else 120 s). ``max_body_bytes`` and ``max_params_depth`` bound what a
         request may carry.
         On SIGTERM or SIGINT the server refuses new requests and lets queued and running ones finish for
-        up to ``drain_timeout_s``; what is left then is answered -41002."""
+        up to ``drain_timeout_s``; what is left then is answered -41002.
+        ``auth``, when enabled, puts ``/arc`` behind bearer tokens; a bad one (a missing key, PyJWT not
+        installed) is an error here."""
         self.server_id = server_id
         self.restart_policy = restart_policy or RestartPolicy()
         self.mailbox_size = mailbox_size
         self.request_timeout_s = request_timeout_s
         self.drain_timeout_s = drain_timeout_s
+        self._authenticator = Authenticator(auth) if auth is not None and auth.enabled else None
+        if auth is not None and not auth.enabled and (auth.tokens or auth.jwt is not None):
+            logger.warning("auth has tokens or jwt configured but enabled is false: /arc is open to anyone")
         self._config = GatewayConfig(
             server_id=server_id,
             version=version,
@@ -210,7 +217,9 @@ class Server:
         )
         engine = PykkaEngine(supervisor, self.mailbox_size, self.request_timeout_s)
         router = Router(specs, engine)
-        app = Gateway(router, self._config).application()
+        if self._authenticator is not None:
+            self._authenticator.check_agents(router.agent_ids)
+        app = Gateway(router, self._config, self._authenticator).application()
 
         async def actors(_: web.Application) -> AsyncIterator[None]:
             router.start()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
-from conftest import envelope, post, run
+from conftest import envelope, post, post_raw, run
 
 from arc_actors.testing import serving
 
@@ -44,3 +45,31 @@ def test_readme_supervision_example_declares_its_policies():
     assert server.agent_ids == ["hr-agent", "payments-agent"]
     assert (policy.max_restarts, policy.within_s, policy.hang_after_s) == (3, 60, 30)
     assert server.restart_policy.max_restarts == 10
+
+
+def test_readme_auth_example_serves_its_token_and_refuses_others():
+    import jwt
+
+    source = next(
+        block for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "AuthConfig(" in block
+    )
+    namespace: dict = {"__name__": "readme_auth"}
+    exec(compile(source, "README.md", "exec"), namespace)
+    request = envelope("payments-agent", "chat.start", {"initialMessage": {"role": "user", "parts": []}})
+    outsider = jwt.encode(
+        {
+            "sub": "bob",
+            "aud": "shop",
+            "iss": "https://login.example",
+            "exp": 2**40,
+            "scope": "arc.chat.controller arc.agent.caller",
+        },
+        "a-shared-secret-of-32-bytes-or-more",
+        algorithm="HS256",
+    )
+    with serving(namespace["server"]) as running:
+        ops = run(post_raw(running.url, json.dumps(request), {"Authorization": "Bearer s3cr3t-ops-token"}))
+        anonymous = run(post_raw(running.url, json.dumps(request)))
+        bob = run(post_raw(running.url, json.dumps(request), {"Authorization": f"Bearer {outsider}"}))
+    assert ops == (200, {**ops[1], "result": {"caller": "ops", "scopes": ["arc.agent.caller", "arc.chat.controller"]}})
+    assert [(status, answer["error"]["code"]) for status, answer in (anonymous, bob)] == [(401, -44001), (403, -44006)]
