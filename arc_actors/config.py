@@ -15,6 +15,7 @@ from typing import Any, Union, get_args, get_type_hints
 
 import msgspec
 
+from arc_actors.auth import AuthConfig
 from arc_actors.supervisor import RestartPolicy
 
 DEFAULT_CONFIG_FILE = "arc_actors.toml"
@@ -57,6 +58,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     agents: dict[str, AgentSettings] = msgspec.field(default_factory=dict)
+    auth: AuthConfig | msgspec.UnsetType = UNSET
 
 
 ENV_FIELDS = tuple(name for name in ServerSettings.__struct_fields__ if name != "restart_policy")

@@ -75,9 +75,9 @@ class Server:
         self.mailbox_size = mailbox_size
         self.request_timeout_s = request_timeout_s
         self.drain_timeout_s = drain_timeout_s
-        self._authenticator = Authenticator(auth) if auth is not None and auth.enabled else None
-        if auth is not None and not auth.enabled and (auth.tokens or auth.jwt is not None):
-            logger.warning("auth has tokens or jwt configured but enabled is false: /arc is open to anyone")
+        self._authenticator: Authenticator | None = None
+        if auth is not None:
+            self._set_auth(auth)
         self._config = GatewayConfig(
             server_id=server_id,
             version=version,
@@ -92,6 +92,11 @@ class Server:
         self._classes: dict[str, AgentSpec] = {}
         self._agent_overrides: dict[str, dict[str, Any]] = {}
         self._router: Router | None = None
+
+    def _set_auth(self, auth: AuthConfig) -> None:
+        self._authenticator = Authenticator(auth) if auth.enabled else None
+        if not auth.enabled and (auth.tokens or auth.jwt is not None):
+            logger.warning("auth has tokens or jwt configured but enabled is false: /arc is open to anyone")
 
     def _check_settings(self) -> None:
         if self.mailbox_size < 1:
@@ -115,6 +120,11 @@ class Server:
         gateway_fields = ("max_body_bytes", "max_params_depth", "reference_statuses")
         changes = {name: getattr(server, name) for name in gateway_fields if getattr(server, name) is not UNSET}
         self._config = replace(self._config, **changes)
+        if settings.auth is not UNSET:
+            try:
+                self._set_auth(settings.auth)
+            except (ValueError, RuntimeError) as exc:
+                raise ConfigError(f"[auth]: {exc}") from None
         unknown = sorted(set(settings.agents) - set(self.agent_ids))
         if unknown:
             raise ConfigError(f"config names agents this server does not declare: {', '.join(unknown)}")

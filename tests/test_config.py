@@ -145,3 +145,44 @@ def test_the_reference_example_configures_the_demo_server(tmp_path):
     server.configure(load_settings(config, environ={}))
     assert server.mailbox_size == 1000
     assert server.restart_policy.hang_after_s == 120
+
+
+def test_auth_is_configured_from_the_file(tmp_path):
+    config = tmp_path / "auth.toml"
+    config.write_text(
+        """
+        [auth]
+        enabled = true
+
+        [[auth.tokens]]
+        token = "s3cret-token"
+        subject = "ops"
+        scopes = ["arc.agent.caller", "arc.chat.controller"]
+        """
+    )
+    server = Server(server_id="auth-config")
+    server.agent_handler("a", "work.run")(lambda params, context: context.auth.subject)
+    server.configure(load_settings(config, environ={}))
+    with serving(server) as running:
+        import aiohttp
+
+        async def calls() -> tuple[int, dict]:
+            async with aiohttp.ClientSession() as session:
+                async with session.post(running.url, json=envelope("a", "work.run")) as refused:
+                    status = refused.status
+                headers = {"Authorization": "Bearer s3cret-token"}
+                async with session.post(running.url, json=envelope("a", "work.run"), headers=headers) as allowed:
+                    return status, await allowed.json(content_type=None)
+
+        status, answer = run(calls())
+    assert status == 401
+    assert answer["result"] == "ops"
+
+
+def test_bad_auth_config_is_a_config_error(tmp_path):
+    config = tmp_path / "auth.toml"
+    config.write_text("[auth]\nenabled = true\n")
+    server = Server(server_id="auth-bad")
+    server.agent_handler("a", "work.run")(lambda params, context: 1)
+    with pytest.raises(ConfigError, match=r"\[auth\]: auth is enabled but has neither static tokens nor jwt"):
+        server.configure(load_settings(config, environ={}))
