@@ -17,6 +17,7 @@ from loguru import logger
 from arc_actors.agent import Agent, AgentSpec, Handler
 from arc_actors.gateway import DEFAULT_MAX_BODY_BYTES, Gateway, GatewayConfig
 from arc_actors.logs import configure_logging
+from arc_actors.metrics import Metrics
 from arc_actors.pykka_engine import PykkaEngine
 from arc_actors.router import Router
 from arc_actors.supervisor import RestartPolicy, Supervisor, hang_after_from_env
@@ -49,10 +50,13 @@ class Server:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         reference_statuses: bool = False,
         restart_policy: RestartPolicy | None = None,
+        metrics: bool = True,
     ) -> None:
         """``restart_policy`` is the default for agents that bring none of their own; its
-        ``hang_after_s``, when unset, comes from ``ARC_HANG_AFTER_S`` (else 120 s)."""
+        ``hang_after_s``, when unset, comes from ``ARC_HANG_AFTER_S`` (else 120 s). ``metrics`` serves
+        Prometheus metrics at ``GET /metrics``."""
         self.server_id = server_id
+        self.metrics = metrics
         self.restart_policy = restart_policy or RestartPolicy()
         self._config = GatewayConfig(
             server_id=server_id,
@@ -126,6 +130,8 @@ class Server:
         engine = PykkaEngine(supervisor)
         router = Router(specs, engine)
         app = Gateway(router, self._config).application()
+        if self.metrics:
+            Metrics(router).install(app)
 
         async def actors(_: web.Application) -> AsyncIterator[None]:
             router.start()
