@@ -88,6 +88,8 @@ class Metrics:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Time and tally every ``/arc`` request by the outcome the gateway put on its answer; other
+        routes (``/health``, ``/metrics`` itself) pass through uncounted."""
         if request.path != ARC_PATH:
             return await handler(request)
         started = time.perf_counter()
