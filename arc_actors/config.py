@@ -50,6 +50,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mailbox_size: int | msgspec.UnsetType = UNSET
     request_timeout_s: float | msgspec.UnsetType = UNSET
     drain_timeout_s: float | msgspec.UnsetType = UNSET
+    metrics: bool | msgspec.UnsetType = UNSET
     restart_policy: RestartPolicy | msgspec.UnsetType = UNSET
 
 

@@ -20,6 +20,7 @@ from arc_actors.exceptions import internal_error
 from arc_actors.protocol import (
     ARC_CONTENT_TYPE,
     ARC_VERSION,
+    ARCRequest,
     ARCResponse,
     ErrorCode,
     ErrorObject,
@@ -33,6 +34,12 @@ from arc_actors.router import Router
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_PARAMS_DEPTH = 32
+
+ARC_PATH = "/arc"
+ARC_CALL = web.RequestKey("arc_call", ARCRequest)
+"""Where an ``/arc`` request carries its decoded envelope, for middlewares (metrics) to read."""
+ARC_OUTCOME = web.ResponseKey("arc_outcome", Outcome)
+"""Where every ``/arc`` answer carries its outcome, for middlewares (metrics) to read."""
 
 _REFERENCE_STATUSES = {
     ErrorCode.PARSE_ERROR: 400,
@@ -85,8 +92,8 @@ class Gateway:
     def application(self) -> web.Application:
         """A new aiohttp application serving this gateway's routes."""
         app = web.Application(client_max_size=self._config.max_body_bytes)
-        app.router.add_post("/arc", self.handle_arc)
-        app.router.add_route("*", "/arc", self.handle_wrong_http_method)
+        app.router.add_post(ARC_PATH, self.handle_arc)
+        app.router.add_route("*", ARC_PATH, self.handle_wrong_http_method)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/agent-info", self.handle_agent_info)
         return app
@@ -103,6 +110,7 @@ class Gateway:
             return self._reject(b"", ErrorCode.PARSE_ERROR, f"Parse error: {exc}")
         except RecursionError:
             return self._reject(b"", ErrorCode.INVALID_REQUEST, "Invalid request: JSON nested too deeply")
+        http_request[ARC_CALL] = request
         identity = None
         if self._authenticator is not None:
             try:
@@ -251,6 +259,7 @@ class Gateway:
         response = web.Response(body=encoder.encode(envelope), status=http_status, content_type=ARC_CONTENT_TYPE)
         if http_status in (429, 503) and "retryAfter" in outcome.details:
             response.headers["Retry-After"] = str(outcome.details["retryAfter"])
+        response[ARC_OUTCOME] = outcome
         return response
 
     def _http_status(self, code: int) -> int:

@@ -20,6 +20,7 @@ from arc_actors.auth import AuthConfig, Authenticator
 from arc_actors.config import UNSET, ConfigError, Settings
 from arc_actors.gateway import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PARAMS_DEPTH, Gateway, GatewayConfig
 from arc_actors.logs import configure_logging
+from arc_actors.metrics import Metrics
 from arc_actors.pykka_engine import PykkaEngine
 from arc_actors.router import Router
 from arc_actors.supervisor import RestartPolicy, Supervisor, hang_after_from_env
@@ -61,6 +62,7 @@ class Server:
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
         max_params_depth: int = DEFAULT_MAX_PARAMS_DEPTH,
         auth: AuthConfig | None = None,
+        metrics: bool = True,
     ) -> None:
         """``restart_policy``, ``mailbox_size`` and ``request_timeout_s`` are the defaults for agents that
         bring none of their own; the policy's ``hang_after_s``, when unset, comes from
@@ -69,8 +71,9 @@ class Server:
         On SIGTERM or SIGINT the server refuses new requests and lets queued and running ones finish for
         up to ``drain_timeout_s``; what is left then is answered -41002.
         ``auth``, when enabled, puts ``/arc`` behind bearer tokens; a bad one (a missing key, PyJWT not
-        installed) is an error here."""
+        installed) is an error here. ``metrics`` serves Prometheus metrics at ``GET /metrics``."""
         self.server_id = server_id
+        self.metrics = metrics
         self.restart_policy = restart_policy or RestartPolicy()
         self.mailbox_size = mailbox_size
         self.request_timeout_s = request_timeout_s
@@ -114,7 +117,7 @@ class Server:
         Raises :class:`~arc_actors.config.ConfigError` naming an agent the server does not declare or
         a value out of range."""
         server = settings.server
-        for name in ("mailbox_size", "request_timeout_s", "drain_timeout_s", "restart_policy"):
+        for name in ("mailbox_size", "request_timeout_s", "drain_timeout_s", "metrics", "restart_policy"):
             if getattr(server, name) is not UNSET:
                 setattr(self, name, getattr(server, name))
         gateway_fields = ("max_body_bytes", "max_params_depth", "reference_statuses")
@@ -230,6 +233,8 @@ class Server:
         if self._authenticator is not None:
             self._authenticator.check_agents(router.agent_ids)
         app = Gateway(router, self._config, self._authenticator).application()
+        if self.metrics:
+            Metrics(router).install(app)
 
         async def actors(_: web.Application) -> AsyncIterator[None]:
             router.start()
