@@ -32,6 +32,7 @@ class AgentStatus:
 
     state: AgentState
     restarts: int
+    escalations: int
     mailbox: int
     busy: int
     uptime_s: float
@@ -42,6 +43,7 @@ class AgentStatus:
         return {
             "status": self.state.value,
             "restarts": self.restarts,
+            "escalations": self.escalations,
             "mailbox": self.mailbox,
             "busy": self.busy,
             "uptime_s": round(self.uptime_s, 3),

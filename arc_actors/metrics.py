@@ -165,6 +165,11 @@ class Metrics:
         restarts = CounterMetricFamily(
             "arc_agent_restarts", "Restarts of the agent by its supervisor since the server started.", labels=["agent"]
         )
+        escalations = CounterMetricFamily(
+            "arc_agent_escalations",
+            "Times the supervisor gave up on the agent (marked it failed) since the server started.",
+            labels=["agent"],
+        )
         state = GaugeMetricFamily(
             "arc_agent_state", "1 for the state the agent is in, 0 for the others.", labels=["agent", "state"]
         )
@@ -173,10 +178,11 @@ class Metrics:
             status = self._router.status(agent_id)
             mailbox.add_metric([agent_id], status.mailbox)
             restarts.add_metric([agent_id], status.restarts)
+            escalations.add_metric([agent_id], status.escalations)
             for each in AgentState:
                 state.add_metric([agent_id, each.value], 1 if status.state is each else 0)
             failed += status.state is AgentState.FAILED
-        yield from (mailbox, restarts, state)
+        yield from (mailbox, restarts, escalations, state)
         yield GaugeMetricFamily(
             "arc_agents_failed",
             "Agents given up on by their supervisor (escalated), awaiting a restart by hand.",

@@ -85,6 +85,7 @@ class _Cell:
     ``lock`` guards every field against the agent's threads and the event loop."""
 
     __slots__ = (
+        "escalations",
         "failed",
         "last_crash",
         "lock",
@@ -106,6 +107,7 @@ class _Cell:
         self.request_timeout_s = request_timeout_s
         self.workers: list[_Worker] = []
         self.failed = False
+        self.escalations = 0
         self.stopping = False
         self.restarts = 0
         self.started_at = time.monotonic()
@@ -146,6 +148,13 @@ class _Cell:
                 return calls
             if isinstance(envelope.message, _Call):
                 calls.append(envelope.message)
+
+    def fail(self) -> None:
+        """Give up on the agent (the lock is held): refuse new requests, stop the workers behind the
+        queued ones, which are answered -41002."""
+        self.failed = True
+        self.escalations += 1
+        self.stop_workers()
 
     def stop_workers(self) -> None:
         """Queue one stop per live worker, behind every request already queued."""
@@ -274,8 +283,7 @@ class AgentActor(pykka.ThreadingActor):
                 self._leave()
                 return None
             if not decision.restart:
-                cell.failed = True
-                cell.stop_workers()
+                cell.fail()
                 return None
             self._worker.state = AgentState.RESTARTING
             cell.restarts += 1
@@ -435,9 +443,8 @@ class PykkaEngine:
             else:
                 worker.generation += 1
                 worker.busy_since = worker.current = None
-                cell.failed = True
                 queued = cell.take_calls()
-                cell.stop_workers()
+                cell.fail()
         for call in queued:
             call.reply(cell.not_available("has failed and awaits a restart"))
         if interrupted is not None:
@@ -489,6 +496,7 @@ class PykkaEngine:
         return AgentStatus(
             state=cell.state,
             restarts=cell.restarts,
+            escalations=cell.escalations,
             mailbox=cell.mailbox.qsize(),
             busy=sum(worker.current is not None for worker in cell.workers),
             uptime_s=time.monotonic() - cell.started_at,

@@ -224,6 +224,7 @@ def test_restarts_state_and_escalation_of_a_crashing_agent_show_in_metrics(serve
     ]
     assert len(metrics["arc_agent_state"]) == 3 * 5
     assert metrics["arc_agents_failed"] == {(): 1}
+    assert metrics["arc_agent_escalations_total"] == {("crashy-agent",): 1, ("ledger-agent",): 0, ("echo-agent",): 0}
     assert metrics["arc_requests_total"] == {
         ("crashy-agent", "-32603", "crash.now"): 3,
         ("crashy-agent", "-41002", "crash.now"): 1,
@@ -233,6 +234,7 @@ def test_restarts_state_and_escalation_of_a_crashing_agent_show_in_metrics(serve
     back = run(scrape_until(running.base_url, lambda m: m["arc_agent_state"][("crashy-agent", "running")] == 1))
     assert back["arc_agents_failed"] == {(): 0}
     assert back["arc_agent_restarts_total"][("crashy-agent",)] == 2
+    assert back["arc_agent_escalations_total"][("crashy-agent",)] == 1
 
 
 def test_each_server_counts_only_its_own_requests_and_metrics_can_be_switched_off(serve):

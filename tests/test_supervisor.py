@@ -154,6 +154,7 @@ def test_always_crashing_agent_escalates_to_failed_and_answers_not_available_at_
     assert health["status"] == "degraded"
     assert health["agents"]["crashy"]["status"] == "failed"
     assert health["agents"]["crashy"]["restarts"] == 3
+    assert health["agents"]["crashy"]["escalations"] == 1
     assert health["agents"]["healthy"]["status"] == "running"
     assert refused["error"]["details"]["lastCrash"]["type"] == "ValueError"
     assert revived["result"] == {"instance": 5}
