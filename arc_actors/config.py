@@ -46,6 +46,8 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_json: bool | msgspec.UnsetType = UNSET
     max_body_bytes: int | msgspec.UnsetType = UNSET
     max_params_depth: int | msgspec.UnsetType = UNSET
+    max_params_bytes: int | msgspec.UnsetType = UNSET
+    max_header_bytes: int | msgspec.UnsetType = UNSET
     reference_statuses: bool | msgspec.UnsetType = UNSET
     mailbox_size: int | msgspec.UnsetType = UNSET
     request_timeout_s: float | msgspec.UnsetType = UNSET

@@ -25,15 +25,18 @@ from arc_actors.protocol import (
     ErrorCode,
     ErrorObject,
     Outcome,
+    ParamsTooLarge,
+    decode_request,
     deeper_than,
     encoder,
     error,
-    request_decoder,
 )
 from arc_actors.router import Router
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_PARAMS_DEPTH = 32
+DEFAULT_MAX_PARAMS_BYTES = 1024 * 1024
+DEFAULT_MAX_HEADER_BYTES = 8190
 
 ARC_PATH = "/arc"
 ARC_CALL = web.RequestKey("arc_call", ARCRequest)
@@ -66,6 +69,8 @@ class GatewayConfig:
     description: str = ""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_params_depth: int = DEFAULT_MAX_PARAMS_DEPTH
+    max_params_bytes: int = DEFAULT_MAX_PARAMS_BYTES
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     reference_statuses: bool = False
 
 
@@ -103,7 +108,15 @@ class Gateway:
         if isinstance(body, web.Response):
             return body
         try:
-            request = request_decoder.decode(body)
+            request = decode_request(body, self._config.max_params_bytes)
+        except ParamsTooLarge as exc:
+            limit = self._config.max_params_bytes
+            return self._reject(
+                body,
+                ErrorCode.MESSAGE_TOO_LARGE,
+                f"params of {exc.args[0]} bytes, over the limit of {limit}",
+                {"maxParamsBytes": limit},
+            )
         except msgspec.ValidationError as exc:
             return self._reject(body, ErrorCode.INVALID_REQUEST, _invalid_request_message(exc))
         except msgspec.DecodeError as exc:

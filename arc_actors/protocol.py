@@ -210,7 +210,35 @@ def deeper_than(value: Any, limit: int) -> bool:
 Outcome = msgspec.Raw | ErrorObject
 """What an agent answers a request with: its result, already encoded as JSON, or an error."""
 
-request_decoder = msgspec.json.Decoder(ARCRequest)
+
+class _WireRequest(ARCRequest):
+    """A request as it arrives: ``params`` kept as raw bytes until its size is checked."""
+
+    params: msgspec.Raw
+
+
+class ParamsTooLarge(Exception):
+    """``params`` is over the configured size; it was measured, not decoded."""
+
+
+_wire_decoder = msgspec.json.Decoder(_WireRequest)
+_params_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def decode_request(body: bytes, max_params_bytes: int) -> ARCRequest:
+    """Decode and validate a request envelope; ``params`` over ``max_params_bytes`` raises
+    :class:`ParamsTooLarge` before it is decoded. Invalid input raises msgspec's errors, whose message
+    names the field path."""
+    wire = _wire_decoder.decode(body)
+    if len(wire.params) > max_params_bytes:
+        raise ParamsTooLarge(len(wire.params))
+    try:
+        params = _params_decoder.decode(wire.params)
+    except msgspec.ValidationError as exc:
+        raise msgspec.ValidationError(f"{exc} - at `$.params`") from None
+    return ARCRequest(wire.arc, wire.id, wire.method, wire.request_agent, wire.target_agent, params, wire.trace_id)
+
+
 response_decoder = msgspec.json.Decoder(ARCResponse)
 encoder = msgspec.json.Encoder()
 

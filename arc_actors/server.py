@@ -18,7 +18,14 @@ from loguru import logger
 from arc_actors.agent import Agent, AgentSpec, Handler
 from arc_actors.auth import AuthConfig, Authenticator
 from arc_actors.config import UNSET, ConfigError, Settings
-from arc_actors.gateway import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PARAMS_DEPTH, Gateway, GatewayConfig
+from arc_actors.gateway import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_PARAMS_BYTES,
+    DEFAULT_MAX_PARAMS_DEPTH,
+    Gateway,
+    GatewayConfig,
+)
 from arc_actors.logs import configure_logging
 from arc_actors.metrics import Metrics
 from arc_actors.pykka_engine import PykkaEngine
@@ -61,13 +68,16 @@ class Server:
         request_timeout_s: float | None = None,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
         max_params_depth: int = DEFAULT_MAX_PARAMS_DEPTH,
+        max_params_bytes: int = DEFAULT_MAX_PARAMS_BYTES,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         auth: AuthConfig | None = None,
         metrics: bool = True,
     ) -> None:
         """``restart_policy``, ``mailbox_size`` and ``request_timeout_s`` are the defaults for agents that
         bring none of their own; the policy's ``hang_after_s``, when unset, comes from
-        ``ARC_HANG_AFTER_S`` (else 120 s). ``max_body_bytes`` and ``max_params_depth`` bound what a
-        request may carry.
+        ``ARC_HANG_AFTER_S`` (else 120 s). ``max_body_bytes``, ``max_params_bytes``, ``max_params_depth``
+        and ``max_header_bytes`` (per header line, enforced by aiohttp's parser) bound what a request
+        may carry.
         On SIGTERM or SIGINT the server refuses new requests and lets queued and running ones finish for
         up to ``drain_timeout_s``; what is left then is answered -41002.
         ``auth``, when enabled, puts ``/arc`` behind bearer tokens; a bad one (a missing key, PyJWT not
@@ -87,6 +97,8 @@ class Server:
             description=description or f"arc_actors server {server_id}",
             max_body_bytes=max_body_bytes,
             max_params_depth=max_params_depth,
+            max_params_bytes=max_params_bytes,
+            max_header_bytes=max_header_bytes,
             reference_statuses=reference_statuses,
         )
         self._check_settings()
@@ -108,8 +120,10 @@ class Server:
             raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s!r}")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s!r}")
-        if self._config.max_body_bytes < 1 or self._config.max_params_depth < 1:
-            raise ValueError("max_body_bytes and max_params_depth must be >= 1")
+        limits = ("max_body_bytes", "max_params_bytes", "max_params_depth", "max_header_bytes")
+        for name in limits:
+            if getattr(self._config, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self._config, name)!r}")
 
     def configure(self, settings: Settings) -> None:
         """Apply what a configuration (file, environment, flags) sets, over what the code passed.
@@ -120,7 +134,13 @@ class Server:
         for name in ("mailbox_size", "request_timeout_s", "drain_timeout_s", "metrics", "restart_policy"):
             if getattr(server, name) is not UNSET:
                 setattr(self, name, getattr(server, name))
-        gateway_fields = ("max_body_bytes", "max_params_depth", "reference_statuses")
+        gateway_fields = (
+            "max_body_bytes",
+            "max_params_bytes",
+            "max_params_depth",
+            "max_header_bytes",
+            "reference_statuses",
+        )
         changes = {name: getattr(server, name) for name in gateway_fields if getattr(server, name) is not UNSET}
         self._config = replace(self._config, **changes)
         if settings.auth is not UNSET:
@@ -258,6 +278,17 @@ class Server:
         app.on_shutdown.append(drain)
         return app
 
+    def runner_options(self) -> dict[str, Any]:
+        """The aiohttp runner's keyword arguments this server needs, for ``web.run_app`` or an
+        ``AppRunner`` of one's own: the drain-aware shutdown timeout and the header-size limits."""
+        header = self._config.max_header_bytes
+        return {
+            "access_log": None,
+            "shutdown_timeout": self.drain_timeout_s + STOP_TIMEOUT_S,
+            "max_line_size": header,
+            "max_field_size": header,
+        }
+
     def restart_agent(self, agent_id: str) -> None:
         """Bring an agent back with a fresh instance, typically one marked ``failed`` after too many
         crashes; its failure history is forgotten. Safe to call from any thread while serving."""
@@ -284,9 +315,8 @@ class Server:
                 host=host,
                 port=port,
                 print=logger.info,
-                access_log=None,
-                shutdown_timeout=self.drain_timeout_s + STOP_TIMEOUT_S,
                 loop=new_event_loop(),
+                **self.runner_options(),
             )
         except OSError as exc:
             raise SystemExit(f"arc_actors: cannot listen on {host}:{port}: {exc.strerror or exc}") from None

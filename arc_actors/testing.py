@@ -42,9 +42,7 @@ def serving(server: Server, host: str = "127.0.0.1", port: int = 0) -> Iterator[
     loop = new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name=f"arc-server-{server.server_id}", daemon=True)
     thread.start()
-    runner = web.AppRunner(
-        server.create_app(), access_log=None, shutdown_timeout=server.drain_timeout_s + STOP_TIMEOUT_S
-    )
+    runner = web.AppRunner(server.create_app(), **server.runner_options())
     try:
         bound_port = asyncio.run_coroutine_threadsafe(_start(runner, host, port), loop).result(START_TIMEOUT_S)
         yield RunningServer(host, bound_port)

@@ -238,3 +238,31 @@ def test_request_timeout_answers_a_caller_stuck_in_the_queue_and_the_agent_skips
     assert answers[1]["error"]["details"] == {"agentId": "slow", "requestTimeoutS": 0.5}
     assert elapsed < 1.5
     assert health["agents"]["slow"]["mailbox"] == 0
+
+
+def test_params_over_their_size_limit_are_refused_without_being_decoded():
+    server = Server(server_id="params-size", max_params_bytes=100)
+    server.agent_handler("echo-agent", "test.echo")(lambda params, context: params)
+    with serving(server) as running:
+        big = run(post(running.url, envelope(params={"text": "x" * 200})))
+        small = run(post(running.url, envelope(params={"text": "x" * 50})))
+    assert big["error"]["code"] == -45004
+    assert big["error"]["details"] == {"maxParamsBytes": 100}
+    assert big["id"] == "req-1"
+    assert small["result"] == {"text": "x" * 50}
+
+
+def test_header_over_its_size_limit_is_refused_and_the_server_keeps_serving():
+    server = Server(server_id="headers", max_header_bytes=1024)
+    server.agent_handler("echo-agent", "test.echo")(lambda params, context: "fine")
+
+    async def scenario(url: str) -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json=envelope(), headers={"X-Big": "y" * 4096}) as refused:
+                status = refused.status
+            return status, await post(url, envelope())
+
+    with serving(server) as running:
+        status, answer = run(scenario(running.url))
+    assert status == 400
+    assert answer["result"] == "fine"
