@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from arc_actors import Server
+from arc_actors import Client, Server
 from arc_actors.testing import RunningServer, serving
 
 
@@ -38,6 +39,14 @@ async def post(url: str, request: dict) -> dict:
     status, answer = await post_raw(url, json.dumps(request))
     assert status == 200, answer
     return answer
+
+
+async def wait_for_health(client: Client, agent_id: str, key: str, value: int) -> None:
+    """Poll /health until ``agents[agent_id][key] == value`` (mailbox depth, busy workers, ...)."""
+    deadline = time.monotonic() + 10
+    while (await client.health())["agents"][agent_id][key] != value:
+        assert time.monotonic() < deadline, f"{agent_id} {key} never reached {value}"
+        await asyncio.sleep(0.01)
 
 
 def run(coroutine: Any) -> Any:

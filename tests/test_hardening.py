@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 import aiohttp
-from conftest import envelope, post, post_raw, run
+from conftest import envelope, post, post_raw, run, wait_for_health
 from test_cli import free_port, start, wait_healthy
 
 from arc_actors import Agent, Client, Server, handles
@@ -33,13 +33,6 @@ class Quick(Agent):
     @handles("work.run")
     async def work(self, params, context):
         return {"ok": True}
-
-
-async def wait_for_health(client: Client, agent_id: str, key: str, value: int) -> None:
-    deadline = time.monotonic() + 10
-    while (await client.health())["agents"][agent_id][key] != value:
-        assert time.monotonic() < deadline, f"{agent_id} {key} never reached {value}"
-        await asyncio.sleep(0.01)
 
 
 def flood_scenario(url: str) -> tuple[list[dict], list[dict], list[dict]]:
@@ -218,26 +211,40 @@ def test_params_nested_deeper_than_the_limit_are_refused_before_reaching_the_age
     assert run(post(echo_url, envelope(params=nested(32))))["error"] is None
 
 
-def test_request_timeout_answers_a_caller_stuck_in_the_queue_and_the_agent_skips_that_request():
-    server = Server(server_id="timeouts")
-    server.add_agent(Slow, request_timeout_s=0.5)
+class Recording(Agent):
+    agent_id = "recording"
+    request_timeout_s = 1.0
+    started: list[int] = []
 
-    async def scenario(url: str) -> tuple[list[dict], float, dict]:
-        started = time.monotonic()
-        answers = await asyncio.gather(
-            *(post(url, envelope("slow", "work.run", {"sleep": 0.3}, id=i)) for i in range(4))
-        )
-        elapsed = time.monotonic() - started
-        await asyncio.sleep(0.5)  # the skipped requests must not keep the agent busy
-        return answers, elapsed, await Client(url).health()
+    @handles("work.run")
+    def work(self, params, context):
+        self.started.append(context.request_id)
+        time.sleep(0.6)
+        return {"done": context.request_id}
+
+
+def test_request_timeout_answers_a_caller_stuck_in_the_queue_and_the_agent_skips_that_request():
+    Recording.started = []
+    server = Server(server_id="timeouts")
+    server.add_agent(Recording)
+
+    async def scenario(url: str) -> list[dict]:
+        first = asyncio.ensure_future(post(url, envelope("recording", "work.run", id=0)))
+        while not Recording.started:
+            await asyncio.sleep(0.01)
+        rest = await asyncio.gather(*(post(url, envelope("recording", "work.run", id=i)) for i in range(1, 4)))
+        await asyncio.sleep(1.0)  # time enough for skipped requests to show up in `started` if they ran
+        assert (await Client(url).health())["agents"]["recording"]["mailbox"] == 0
+        return [await first, *rest]
 
     with serving(server) as running:
-        answers, elapsed, health = run(scenario(running.url))
+        answers = run(scenario(running.url))
     codes = [answer["error"]["code"] if answer["error"] else "ok" for answer in answers]
     assert codes == ["ok", -41006, -41006, -41006], codes
-    assert answers[1]["error"]["details"] == {"agentId": "slow", "requestTimeoutS": 0.5}
-    assert elapsed < 1.5
-    assert health["agents"]["slow"]["mailbox"] == 0
+    assert answers[1]["error"]["details"] == {"agentId": "recording", "requestTimeoutS": 1.0}
+    # One queued request ran past its deadline; the other two expired in the queue and never started.
+    assert Recording.started[0] == 0
+    assert len(Recording.started) == 2
 
 
 def test_params_over_their_size_limit_are_refused_without_being_decoded():

@@ -10,7 +10,7 @@ from collections import Counter
 
 import aiohttp
 import pytest
-from conftest import envelope, post, run
+from conftest import envelope, post, run, wait_for_health
 
 from arc_actors import Agent, Client, RestartPolicy, Server, handles
 from arc_actors.supervisor import Supervisor
@@ -95,23 +95,16 @@ class CrashesOnRequest(Agent):
         return {"instance": self.instance}
 
 
-async def wait_for_mailbox(client: Client, agent_id: str, depth: int) -> None:
-    deadline = time.monotonic() + 10
-    while (await client.health())["agents"][agent_id]["mailbox"] != depth:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
-
-
 def test_request_queued_behind_a_crashing_one_is_answered_by_the_restarted_instance():
     CrashesOnRequest.instances = itertools.count(1)
     server = Server(server_id="queue")
     server.add_agent(CrashesOnRequest)
 
     async def scenario(url: str) -> tuple[dict, dict, dict]:
-        crashing = asyncio.ensure_future(post(url, envelope("crashy", "work.run", {"crash": True, "sleep": 0.3})))
-        await asyncio.sleep(0.05)
+        crashing = asyncio.ensure_future(post(url, envelope("crashy", "work.run", {"crash": True, "sleep": 0.5})))
+        await wait_for_health(Client(url), "crashy", "busy", 1)
         queued = asyncio.ensure_future(post(url, envelope("crashy", "work.run", id="queued")))
-        await wait_for_mailbox(Client(url), "crashy", 1)
+        await wait_for_health(Client(url), "crashy", "mailbox", 1)
         return await crashing, await queued, await Client(url).health()
 
     with serving(server) as running:
