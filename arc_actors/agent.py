@@ -13,11 +13,16 @@ Which methods answer which ARC method:
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from arc_actors.protocol import ARC_METHODS
+import msgspec
+
+from arc_actors.exceptions import ARCError
+from arc_actors.protocol import ARC_METHODS, ErrorCode, ErrorObject, Outcome
 from arc_actors.supervisor import RestartPolicy
 
 if TYPE_CHECKING:
@@ -41,16 +46,26 @@ def handles(method: str) -> Callable[[F], F]:
     return mark
 
 
+class AgentCaller(Protocol):
+    """Reaches another agent on behalf of a handler (the router implements it)."""
+
+    def call_from(
+        self, context: Context, agent_id: str, method: str, params: dict[str, Any]
+    ) -> concurrent.futures.Future[Outcome]: ...
+
+
 class Context:
     """What a handler knows of the request it serves.
 
     Attributes and, for code written against the reference SDK, mapping keys:
     ``request_id``, ``method``, ``request_agent``, ``target_agent``, ``trace_id``, ``auth``.
     ``auth`` is the caller's :class:`~arc_actors.auth.Identity` (subject, scopes, claims) when the
-    server checks tokens, else None.
+    server checks tokens, else None. ``call_chain`` lists the agents whose calls led here (empty for a
+    request from outside).
     """
 
-    __slots__ = ("auth", "method", "request_agent", "request_id", "target_agent", "trace_id")
+    __slots__ = ("_caller", "auth", "call_chain", "method", "request_agent", "request_id", "target_agent", "trace_id")
+    _KEYS = frozenset(("auth", "call_chain", "method", "request_agent", "request_id", "target_agent", "trace_id"))
 
     def __init__(
         self,
@@ -60,6 +75,8 @@ class Context:
         target_agent: str,
         trace_id: str | None = None,
         auth: Identity | None = None,
+        call_chain: tuple[str, ...] = (),
+        caller: AgentCaller | None = None,
     ) -> None:
         self.request_id = request_id
         self.method = method
@@ -67,6 +84,26 @@ class Context:
         self.target_agent = target_agent
         self.trace_id = trace_id
         self.auth = auth
+        self.call_chain = call_chain
+        self._caller = caller
+
+    async def call(self, agent_id: str, method: str, params: dict[str, Any] | None = None) -> Any:
+        """Ask another agent of this server, through its mailbox, and return its result.
+
+        The request carries this request's ``trace_id`` and comes from this agent. Its ARC error, or
+        one of the runtime's (-41001 unknown agent, -41003 a call cycle such as a → b → a or a chain
+        deeper than 8), is raised as :class:`~arc_actors.exceptions.ARCError`. ``params`` are copied,
+        as a message should be, so the two agents never share mutable state."""
+        if self._caller is None:
+            raise RuntimeError("context.call works only inside a request served by a running server")
+        try:
+            copied = msgspec.json.decode(msgspec.json.encode(params or {}))
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise ARCError(ErrorCode.INVALID_PARAMS, f"params of a call must be JSON: {exc}") from None
+        outcome = await asyncio.wrap_future(self._caller.call_from(self, agent_id, method, copied))
+        if isinstance(outcome, ErrorObject):
+            raise ARCError(outcome.code, outcome.message, outcome.details)
+        return msgspec.json.decode(outcome)
 
     @property
     def agent_id(self) -> str:
@@ -74,16 +111,16 @@ class Context:
         return self.target_agent
 
     def __getitem__(self, key: str) -> Any:
-        if key not in self.__slots__:
+        if key not in self._KEYS:
             raise KeyError(key)
         return getattr(self, key)
 
     def get(self, key: str, default: Any = None) -> Any:
         """Mapping-style access, as the reference SDK's context dict offers."""
-        return getattr(self, key, default) if key in self.__slots__ else default
+        return getattr(self, key, default) if key in self._KEYS else default
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in sorted(self._KEYS))
         return f"Context({fields})"
 
 

@@ -1,18 +1,24 @@
 """Routing a decoded request to its agent: unknown agent (-41001) and unknown method (-32601) are
-answered here, everything else goes through the engine to the agent's actor."""
+answered here, everything else goes through the engine to the agent's actor. Agents' calls to each
+other (``Context.call``) come back through here, so they take the same path as any request."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from arc_actors.agent import AgentSpec, Context
 from arc_actors.engine import AgentStatus, Engine
-from arc_actors.protocol import ARCRequest, ErrorCode, Outcome, error, params_error
+from arc_actors.protocol import ARC_VERSION, ARCRequest, ErrorCode, Outcome, error, params_error
 
 if TYPE_CHECKING:
     from arc_actors.auth import Identity
 
+MAX_CALL_DEPTH = 8
+"""How many agents one request may pass through by ``Context.call`` before a further call is refused."""
 MAX_LISTED_AGENTS = 100
 """An unknown-agent error lists at most this many agent ids, so a probe cannot make us echo 10,000."""
 
@@ -24,9 +30,11 @@ class Router:
         self._engine = engine
         self._specs = list(specs)
         self._methods: dict[str, frozenset[str]] = {spec.agent_id: frozenset(spec.methods) for spec in self._specs}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        """Spawn every agent's actor."""
+        """Spawn every agent's actor; called on the gateway's loop, which agents' calls then use."""
+        self._loop = asyncio.get_running_loop()
         for spec in self._specs:
             self._engine.spawn(spec)
 
@@ -48,8 +56,11 @@ class Router:
             raise KeyError(f"no agent {agent_id!r}; agents: {', '.join(self._methods)}")
         self._engine.restart(agent_id)
 
-    async def dispatch(self, request: ARCRequest, auth: Identity | None = None) -> Outcome:
-        """The outcome of one valid request; ``auth`` is the caller's identity, when auth is on."""
+    async def dispatch(
+        self, request: ARCRequest, auth: Identity | None = None, call_chain: tuple[str, ...] = ()
+    ) -> Outcome:
+        """The outcome of one valid request; ``auth`` is the caller's identity, when auth is on, and
+        ``call_chain`` the agents whose calls led to it."""
         methods = self._methods.get(request.target_agent)
         if methods is None:
             return self._agent_not_found(request.target_agent)
@@ -63,9 +74,37 @@ class Router:
         if invalid is not None:
             return invalid
         context = Context(
-            request.id, request.method, request.request_agent, request.target_agent, request.trace_id, auth
+            request.id,
+            request.method,
+            request.request_agent,
+            request.target_agent,
+            request.trace_id,
+            auth,
+            call_chain,
+            self,
         )
         return await self._engine.ask(request.target_agent, request.method, request.params, context)
+
+    def call_from(
+        self, context: Context, agent_id: str, method: str, params: dict[str, Any]
+    ) -> concurrent.futures.Future[Outcome]:
+        """An agent's call to another (``Context.call``), from the agent's thread: dispatched on the
+        gateway's loop like any request, refused when it would close a cycle or go too deep."""
+        return asyncio.run_coroutine_threadsafe(self._call(context, agent_id, method, params), self._loop)
+
+    async def _call(self, context: Context, agent_id: str, method: str, params: dict[str, Any]) -> Outcome:
+        chain = (*context.call_chain, context.target_agent)
+        if agent_id in chain or len(chain) >= MAX_CALL_DEPTH:
+            why = "would close a call cycle" if agent_id in chain else f"would go deeper than {MAX_CALL_DEPTH} calls"
+            return error(
+                ErrorCode.AGENT_UNREACHABLE,
+                f"Agent unreachable: calling {agent_id} from {' -> '.join(chain)} {why}",
+                {"agentId": agent_id, "callChain": [*chain, agent_id]},
+            )
+        request = ARCRequest(
+            ARC_VERSION, uuid.uuid4().hex, method, context.target_agent, agent_id, params, context.trace_id
+        )
+        return await self.dispatch(request, context.auth, chain)
 
     def _agent_not_found(self, agent_id: str) -> Outcome:
         available = self.agent_ids
