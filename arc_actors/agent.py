@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import msgspec
@@ -27,6 +27,7 @@ from arc_actors.supervisor import RestartPolicy
 
 if TYPE_CHECKING:
     from arc_actors.auth import Identity
+    from arc_actors.chats import Chat
 
 _METHOD_BY_ATTRIBUTE = {method.replace(".", "_"): method for method in ARC_METHODS}
 
@@ -58,14 +59,27 @@ class Context:
     """What a handler knows of the request it serves.
 
     Attributes and, for code written against the reference SDK, mapping keys:
-    ``request_id``, ``method``, ``request_agent``, ``target_agent``, ``trace_id``, ``auth``.
+    ``request_id``, ``method``, ``request_agent``, ``target_agent``, ``trace_id``, ``auth``, ``chat``.
     ``auth`` is the caller's :class:`~arc_actors.auth.Identity` (subject, scopes, claims) when the
     server checks tokens, else None. ``call_chain`` lists the agents whose calls led here (empty for a
-    request from outside).
+    request from outside). ``chat`` is the :class:`~arc_actors.chats.Chat` a ``chat.*`` request belongs
+    to, history included, when the runtime manages the agent's chats, else None.
     """
 
-    __slots__ = ("_caller", "auth", "call_chain", "method", "request_agent", "request_id", "target_agent", "trace_id")
-    _KEYS = frozenset(("auth", "call_chain", "method", "request_agent", "request_id", "target_agent", "trace_id"))
+    __slots__ = (
+        "_caller",
+        "auth",
+        "call_chain",
+        "chat",
+        "method",
+        "request_agent",
+        "request_id",
+        "target_agent",
+        "trace_id",
+    )
+    _KEYS = frozenset(
+        ("auth", "call_chain", "chat", "method", "request_agent", "request_id", "target_agent", "trace_id")
+    )
 
     def __init__(
         self,
@@ -86,6 +100,7 @@ class Context:
         self.auth = auth
         self.call_chain = call_chain
         self._caller = caller
+        self.chat: Chat | None = None
 
     async def call(self, agent_id: str, method: str, params: dict[str, Any] | None = None) -> Any:
         """Ask another agent of this server, through its mailbox, and return its result.
@@ -180,6 +195,30 @@ class FunctionAgent(Agent):
         return self._handlers
 
 
+HandlerWrap = Callable[[str, "Handler | None"], Handler]
+"""``wrap(method, handler)``: the handler to use instead; ``handler`` is None for a method added by
+:meth:`AgentSpec.map_handlers` that the original agent does not answer."""
+
+
+class _MappedAgent(Agent):
+    """An agent instance whose handlers go through a wrap; it delegates everything else."""
+
+    def __init__(self, inner: Agent, wrap: HandlerWrap, methods: tuple[str, ...]) -> None:
+        self._inner = inner
+        self._wrap = wrap
+        self._methods = methods
+
+    def on_start(self) -> Any:
+        return self._inner.on_start()
+
+    def on_stop(self) -> Any:
+        return self._inner.on_stop()
+
+    def handlers(self) -> dict[str, Handler]:
+        inner = self._inner.handlers()
+        return {method: self._wrap(method, inner.get(method)) for method in self._methods}
+
+
 @dataclass(frozen=True)
 class AgentSpec:
     """Everything the runtime needs to make (and later re-make) one agent: its id, its methods, and
@@ -200,6 +239,20 @@ class AgentSpec:
             raise ValueError(f"agent {self.agent_id!r}: mailbox_size must be an int >= 1, got {self.mailbox_size!r}")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError(f"agent {self.agent_id!r}: request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+
+    def map_handlers(self, wrap: HandlerWrap, methods: tuple[str, ...] | None = None) -> AgentSpec:
+        """This spec, with every instance's handlers passed through ``wrap(method, handler)``, for
+        behaviour the runtime adds around an agent's own code (managed chats) without the engine or
+        the agent knowing. ``methods`` (default: the spec's) is what the mapped agent answers; ``wrap``
+        gets None for a method in it that the original agent lacks. ``on_start``/``on_stop`` are the
+        original instance's."""
+        methods = self.methods if methods is None else tuple(methods)
+        factory = self.factory
+
+        def mapped() -> Agent:
+            return _MappedAgent(factory(), wrap, methods)
+
+        return replace(self, factory=mapped, methods=methods)
 
     @classmethod
     def of_class(

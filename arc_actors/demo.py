@@ -1,34 +1,18 @@
 """The agents ``python -m arc_actors serve`` runs when given no APP: the three agents of the
-"Single Server Deployment" page, replying as its first listing does, written as actor subclasses."""
+"Single Server Deployment" page, replying as its first listing does, written as actor subclasses.
+They return only their reply text: the runtime manages their chats (ids, status, history)."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from arc_actors.agent import Agent, Context
 from arc_actors.server import Server
 
 
-def chat_reply(chat_id: str, text: str) -> dict[str, Any]:
-    """An ARC chat result carrying one agent text message."""
-    return {
-        "type": "chat",
-        "chat": {
-            "chatId": chat_id,
-            "status": "ACTIVE",
-            "message": {"role": "agent", "parts": [{"type": "text", "content": text}]},
-        },
-    }
-
-
 def first_text(message: dict[str, Any]) -> str:
     """The content of a message's first part."""
     return message["parts"][0]["content"]
-
-
-def new_chat_id() -> str:
-    return f"chat-{uuid.uuid4().hex[:8]}"
 
 
 class KeywordAgent(Agent):
@@ -38,13 +22,12 @@ class KeywordAgent(Agent):
     fallback = ""
     follow_up = "{}"
 
-    async def chat_start(self, params: dict[str, Any], context: Context) -> dict[str, Any]:
+    async def chat_start(self, params: dict[str, Any], context: Context) -> str:
         text = first_text(params["initialMessage"]).lower()
-        reply = next((answer for word, answer in self.keywords.items() if word in text), self.fallback)
-        return chat_reply(params.get("chatId") or new_chat_id(), reply)
+        return next((answer for word, answer in self.keywords.items() if word in text), self.fallback)
 
-    async def chat_message(self, params: dict[str, Any], context: Context) -> dict[str, Any]:
-        return chat_reply(params["chatId"], self.follow_up.format(first_text(params["message"])))
+    async def chat_message(self, params: dict[str, Any], context: Context) -> str:
+        return self.follow_up.format(first_text(params["message"]))
 
 
 class FinanceAgent(KeywordAgent):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -17,6 +18,7 @@ from loguru import logger
 
 from arc_actors.agent import Agent, AgentSpec, Handler
 from arc_actors.auth import AuthConfig, Authenticator
+from arc_actors.chats import ChatBook
 from arc_actors.config import UNSET, ConfigError, Settings
 from arc_actors.gateway import (
     DEFAULT_MAX_BODY_BYTES,
@@ -30,6 +32,7 @@ from arc_actors.logs import configure_logging
 from arc_actors.metrics import Metrics
 from arc_actors.pykka_engine import PykkaEngine
 from arc_actors.router import Router
+from arc_actors.store import Store
 from arc_actors.supervisor import RestartPolicy, Supervisor, hang_after_from_env
 
 H = TypeVar("H", bound=Handler)
@@ -72,6 +75,7 @@ class Server:
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         auth: AuthConfig | None = None,
         metrics: bool = True,
+        store: Store | str | Path | None = None,
     ) -> None:
         """``restart_policy``, ``mailbox_size`` and ``request_timeout_s`` are the defaults for agents that
         bring none of their own; the policy's ``hang_after_s``, when unset, comes from
@@ -81,9 +85,13 @@ class Server:
         On SIGTERM or SIGINT the server refuses new requests and lets queued and running ones finish for
         up to ``drain_timeout_s``; what is left then is answered -41002.
         ``auth``, when enabled, puts ``/arc`` behind bearer tokens; a bad one (a missing key, PyJWT not
-        installed) is an error here. ``metrics`` serves Prometheus metrics at ``GET /metrics``."""
+        installed) is an error here. ``metrics`` serves Prometheus metrics at ``GET /metrics``.
+        ``store`` keeps managed chats: a path is an SQLite file (opened when serving starts, closed when
+        it stops), a :class:`~arc_actors.store.Store` is used as it is (its owner closes it), None keeps
+        them in memory for as long as the server serves."""
         self.server_id = server_id
         self.metrics = metrics
+        self.store = store
         self.restart_policy = restart_policy or RestartPolicy()
         self.mailbox_size = mailbox_size
         self.request_timeout_s = request_timeout_s
@@ -134,6 +142,8 @@ class Server:
         for name in ("mailbox_size", "request_timeout_s", "drain_timeout_s", "metrics", "restart_policy"):
             if getattr(server, name) is not UNSET:
                 setattr(self, name, getattr(server, name))
+        if server.state_path is not UNSET:
+            self.store = server.state_path
         gateway_fields = (
             "max_body_bytes",
             "max_params_bytes",
@@ -239,10 +249,13 @@ class Server:
         return [replace(spec, **self._agent_overrides.get(spec.agent_id, {})) for spec in specs]
 
     def create_app(self) -> web.Application:
-        """A fresh aiohttp application: its start-up spawns every agent's actor, its clean-up stops them."""
+        """A fresh aiohttp application: its start-up opens the store and spawns every agent's actor, its
+        clean-up stops them and closes the store."""
         specs = self._specs()
         if not specs:
             raise ValueError(f"server {self.server_id!r} has no agents: declare one before serving")
+        chats = ChatBook(self.store)
+        specs = [chats.manage(spec) for spec in specs]
         supervisor = Supervisor(
             {spec.agent_id: spec.policy for spec in specs if spec.policy is not None},
             self.restart_policy,
@@ -257,6 +270,8 @@ class Server:
             Metrics(router).install(app)
 
         async def actors(_: web.Application) -> AsyncIterator[None]:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, chats.open)
             router.start()
             self._router = router
             logger.info("{} agents started: {}", len(specs), ", ".join(router.agent_ids))
@@ -264,9 +279,10 @@ class Server:
             yield
             watchdog.cancel()
             self._router = None
-            busy = await asyncio.get_running_loop().run_in_executor(None, engine.stop, STOP_TIMEOUT_S)
+            busy = await loop.run_in_executor(None, engine.stop, STOP_TIMEOUT_S)
             if busy:
                 logger.warning("agents still busy at shutdown, abandoned: {}", ", ".join(busy))
+            await loop.run_in_executor(None, chats.close)
 
         async def drain(_: web.Application) -> None:
             logger.info("draining: new requests refused, up to {} s for queued and running ones", self.drain_timeout_s)

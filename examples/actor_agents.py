@@ -1,7 +1,8 @@
 """The seed's three agents written as actor subclasses.
 
 Each agent is an :class:`arc_actors.Agent`; the runtime runs each instance in its own actor (own
-thread, own mailbox), so the per-agent state below needs no locks: one message at a time.
+thread, own mailbox), so the per-agent state below needs no locks: one message at a time. Handlers
+return only their reply: the runtime manages the chats (ids, status, timestamps, history).
 
 Run:  python -m arc_actors serve examples/actor_agents.py
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from arc_actors import Agent, ARCError, Context, ErrorCode, Server
-from arc_actors.demo import chat_reply, new_chat_id
 
 
 class ChatAgent(Agent):
@@ -23,16 +23,16 @@ class ChatAgent(Agent):
     def on_start(self) -> None:
         self.chats_started = 0
 
-    async def chat_start(self, params: dict[str, Any], context: Context) -> dict[str, Any]:
+    async def chat_start(self, params: dict[str, Any], context: Context) -> str:
         self.chats_started += 1
-        return chat_reply(params.get("chatId") or new_chat_id(), self.greeting)
+        return self.greeting
 
-    async def chat_message(self, params: dict[str, Any], context: Context) -> dict[str, Any]:
+    async def chat_message(self, params: dict[str, Any], context: Context) -> str:
         if not params["message"].get("parts"):
             raise ARCError(
                 ErrorCode.INVALID_CHAT_MESSAGE, "A message needs at least one part", {"chatId": params["chatId"]}
             )
-        return chat_reply(params["chatId"], self.reply)
+        return self.reply
 
 
 class FinanceAgent(ChatAgent):

@@ -56,3 +56,42 @@ def test_reference_client_gets_method_not_found_with_its_code(demo_url):
     with pytest.raises(arc.exceptions.MethodNotFoundError) as raised:
         run(unknown_method())
     assert raised.value.code == -32601
+
+
+def test_reference_client_drives_a_managed_chat_from_start_to_end(demo_url):
+    async def conversation() -> tuple[dict, dict, dict]:
+        async with arc.Client(demo_url, use_quantum_safe=False) as client:
+            started = await client.chat.start(target_agent="support-agent", initial_message=user_message("help"))
+            chat_id = started["result"]["chat"]["chatId"]
+            replied = await client.chat.message(
+                target_agent="support-agent", chat_id=chat_id, message=user_message("x")
+            )
+            ended = await client.chat.end(target_agent="support-agent", chat_id=chat_id, reason="solved")
+            return started, replied, ended
+
+    started, replied, ended = run(conversation())
+    assert started["result"]["chat"]["status"] == "ACTIVE"
+    assert (
+        replied["result"]["chat"]["message"]["parts"][0]["content"] == "I understand your concern: x. Let me help you."
+    )
+    assert (ended["result"]["chat"]["status"], ended["result"]["chat"]["reason"]) == ("CLOSED", "solved")
+
+
+def test_reference_client_gets_chat_not_found_and_already_closed_with_their_codes(demo_url):
+    async def after_the_end() -> None:
+        async with arc.Client(demo_url, use_quantum_safe=False) as client:
+            started = await client.chat.start(target_agent="hr-agent", initial_message=user_message("hi"))
+            chat_id = started["result"]["chat"]["chatId"]
+            await client.chat.end(target_agent="hr-agent", chat_id=chat_id)
+            await client.chat.message(target_agent="hr-agent", chat_id=chat_id, message=user_message("again"))
+
+    async def unknown_chat() -> None:
+        async with arc.Client(demo_url, use_quantum_safe=False) as client:
+            await client.chat.message(target_agent="hr-agent", chat_id="chat-nope", message=user_message("?"))
+
+    with pytest.raises(arc.exceptions.ARCChatError) as closed:
+        run(after_the_end())
+    with pytest.raises(arc.exceptions.ChatNotFoundError) as unknown:
+        run(unknown_chat())
+    assert closed.value.code == -43002
+    assert (unknown.value.code, unknown.value.details["chat_id"]) == (-43001, "chat-nope")

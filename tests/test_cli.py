@@ -97,7 +97,7 @@ def test_serve_a_file_app(stopper):
         ("no_such_module:server", "cannot import APP module 'no_such_module'"),
         ("examples/missing.py", "does not exist"),
         ("arc_actors.demo:nothing_here", "is nothing, not an arc_actors Server"),
-        ("arc_actors.demo:chat_reply", "calling arc_actors.demo.chat_reply() failed: TypeError"),
+        ("arc_actors.demo:first_text", "calling arc_actors.demo.first_text() failed: TypeError"),
         ("arc_actors.demo:FinanceAgent", "is FinanceAgent, not an arc_actors Server"),
     ],
 )

@@ -33,6 +33,8 @@ def test_every_task_and_chat_method_sends_the_reference_method_and_params(serve)
     async def methods() -> list[tuple[str, dict]]:
         async with Client(url) as client:
             calls = [
+                client.chat.start("echo", message, chat_id="c-1"),
+                client.chat.message("echo", "c-1", message),
                 client.chat.end("echo", "c-1", reason="done"),
                 client.task.create("echo", message, priority="HIGH", metadata={"k": 1}),
                 client.task.send("echo", "t-1", message),
@@ -48,6 +50,8 @@ def test_every_task_and_chat_method_sends_the_reference_method_and_params(serve)
             return answers
 
     assert run(methods()) == [
+        ("chat.start", {"initialMessage": message, "chatId": "c-1"}),
+        ("chat.message", {"chatId": "c-1", "message": message}),
         ("chat.end", {"chatId": "c-1", "reason": "done"}),
         ("task.create", {"initialMessage": message, "priority": "HIGH", "metadata": {"k": 1}}),
         ("task.send", {"taskId": "t-1", "message": message}),

@@ -99,8 +99,8 @@ def test_unknown_agent_details_name_it_and_list_the_available_ones(echo_url):
 
 
 def test_unknown_method_lists_supported_methods(echo_url):
-    answer = run(post(echo_url, envelope(method="chat.end")))
-    assert answer["error"]["details"]["supportedMethods"] == ["chat.start", "test.echo"]
+    answer = run(post(echo_url, envelope(method="task.create")))
+    assert answer["error"]["details"]["supportedMethods"] == ["chat.end", "chat.start", "test.echo"]
     assert answer["responseAgent"] == "echo-agent"
 
 

@@ -64,14 +64,18 @@ def test_arc_exception_from_a_seed_style_handler_is_answered_with_its_code_messa
     async def finance_chat_start(params, context):
         raise ARCException(code=-42004, message="Task processing error", details={"step": 3})
 
-    @server.agent_handler("finance-agent", "chat.end")
-    async def finance_chat_end(params, context):
-        raise ARCException(code=-43002, message="Chat closed", details="not an object")
+    @server.agent_handler("finance-agent", "task.cancel")
+    async def finance_task_cancel(params, context):
+        raise ARCException(code=-42003, message="Task already canceled", details="not an object")
 
     with serving(server) as running:
         hello = {"role": "user", "parts": [{"type": "text", "content": "hello"}]}
         started = run(post(running.url, envelope("finance-agent", "chat.start", {"initialMessage": hello})))
-        ended = run(post(running.url, envelope("finance-agent", "chat.end", {"chatId": "chat-1"})))
+        canceled = run(post(running.url, envelope("finance-agent", "task.cancel", {"taskId": "task-1"})))
     assert started["error"] == {"code": -42004, "message": "Task processing error", "details": {"step": 3}}
     assert started["responseAgent"] == "finance-agent"
-    assert ended["error"] == {"code": -43002, "message": "Chat closed", "details": {"value": "not an object"}}
+    assert canceled["error"] == {
+        "code": -42003,
+        "message": "Task already canceled",
+        "details": {"value": "not an object"},
+    }

@@ -1,0 +1,257 @@
+"""Managed chats: the runtime owns a chat's id, status, timestamps and history, so an agent writes only
+what it says.
+
+For every agent that answers ``chat.start``, the handlers of ``chat.start``, ``chat.message`` and
+``chat.end`` are wrapped (:meth:`~arc_actors.agent.AgentSpec.map_handlers`) so that, in the agent's
+own thread, around its code:
+
+* ``chat.start`` creates the chat: its id is ``params.chatId`` or a generated one (passed to the
+  handler in ``params["chatId"]``); an id the agent already has is refused -32602 with ``chatId``.
+* ``chat.message`` appends the message and the reply; an unknown chat is -43001, a closed one -43002,
+  both with ``chatId`` in details, and the handler is not called.
+* ``chat.end`` closes the chat, with or without a ``chat_end`` handler of the agent's own.
+
+The handler sees the chat, history included, as ``context.chat``. It may return just its reply (a
+string, a Message dict ``{role, parts}``, a list of parts, or None for no message) and gets the ARC
+chat result built for it; any other dict (such as the seed's full ``{"type": "chat", ...}`` results)
+is answered unchanged, and the chat is still recorded, under the ``chatId`` of that result's ``chat``
+when it has one. A handler that raises records nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from loguru import logger
+
+from arc_actors.agent import AgentSpec, Context, Handler
+from arc_actors.exceptions import ARCError
+from arc_actors.protocol import ErrorCode
+from arc_actors.store import Store, open_store
+
+ACTIVE = "ACTIVE"
+CLOSED = "CLOSED"
+CHAT_KIND = "chat"
+"""The store ``kind`` of chat records."""
+
+
+class Chat(msgspec.Struct, rename="camel", kw_only=True):
+    """One managed chat, as it is stored and as a handler reads it in ``context.chat``.
+
+    ``messages`` is the whole history in order, user messages and the agent's replies, as Message
+    dicts; in ``chat.message`` it already ends with the message being answered."""
+
+    chat_id: str
+    agent_id: str
+    status: str
+    created_at: str
+    updated_at: str
+    closed_at: str | None = None
+    reason: str | None = None
+    participants: list[str] = msgspec.field(default_factory=list)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    messages: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+    def result(self, message: dict[str, Any] | None) -> dict[str, Any]:
+        """The ARC result ``{"type": "chat", "chat": {...}}`` with ``message`` as the latest message."""
+        chat: dict[str, Any] = {
+            "chatId": self.chat_id,
+            "status": self.status,
+            "participants": self.participants,
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+        }
+        optional = {"message": message, "closedAt": self.closed_at, "reason": self.reason}
+        chat.update({key: value for key, value in optional.items() if value is not None})
+        if self.metadata:
+            chat["metadata"] = self.metadata
+        return {"type": "chat", "chat": chat}
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Chat)
+
+
+class ChatBook:
+    """The managed chats of one serving server, kept in a :class:`~arc_actors.store.Store`.
+
+    ``open`` and ``close`` run off the event loop around the agents' life; every other method runs in
+    an agent's thread. ``source`` is a Store, a path (SQLite) or None (in memory)."""
+
+    def __init__(self, source: Store | str | Path | None) -> None:
+        self._source = source
+        self._store: Store | None = None
+        self._owned = False
+        self._lock = threading.Lock()  # orders read-modify-write of records across agents' threads
+
+    def open(self) -> None:
+        self._store, self._owned = open_store(self._source)
+
+    def close(self) -> None:
+        store, self._store = self._store, None
+        if store is not None and self._owned:
+            store.close()
+
+    def manage(self, spec: AgentSpec) -> AgentSpec:
+        """``spec`` with managed chats when it answers ``chat.start`` (and then ``chat.end`` too);
+        other agents are left as they are."""
+        if "chat.start" not in spec.methods:
+            return spec
+        return spec.map_handlers(self._wrap, tuple(dict.fromkeys((*spec.methods, "chat.end"))))
+
+    def get(self, agent_id: str, chat_id: str) -> Chat | None:
+        """The chat ``chat_id`` of ``agent_id`` as stored, or None."""
+        raw = self._store_in_use().load(CHAT_KIND, _key(agent_id, chat_id))
+        return None if raw is None else _decoder.decode(raw)
+
+    def _wrap(self, method: str, handler: Handler | None) -> Handler:
+        lifecycle = {"chat.start": self._start, "chat.message": self._message, "chat.end": self._end}.get(method)
+        if lifecycle is None:
+            return handler
+
+        async def managed(params: dict[str, Any], context: Context) -> Any:
+            return await lifecycle(handler, params, context)
+
+        return managed
+
+    async def _start(self, handler: Handler, params: dict[str, Any], context: Context) -> Any:
+        agent_id, requested = context.target_agent, params.get("chatId")
+        if requested is not None and self.get(agent_id, requested) is not None:
+            raise _in_use(requested)
+        now = _now()
+        chat = Chat(
+            chat_id=requested or f"chat-{uuid.uuid4().hex[:12]}",
+            agent_id=agent_id,
+            status=ACTIVE,
+            created_at=now,
+            updated_at=now,
+            participants=[context.request_agent, agent_id],
+            metadata=params.get("metadata") or {},
+            messages=[params["initialMessage"]],
+        )
+        result, reply, chat_id = await _answer(handler, {**params, "chatId": chat.chat_id}, context, chat)
+        with self._lock:
+            if self.get(agent_id, chat_id) is not None:  # the handler's own id, or another worker was first
+                raise _in_use(chat_id)
+            chat.chat_id = chat_id
+            _add_reply(chat, reply)
+            self._save(chat)
+        logger.bind(agent_id=agent_id, trace_id=context.trace_id).debug("chat {} started", chat_id)
+        return chat.result(reply) if result is None else result
+
+    async def _message(self, handler: Handler, params: dict[str, Any], context: Context) -> Any:
+        chat = self._open_chat(context.target_agent, params["chatId"])
+        chat.messages.append(params["message"])
+        result, reply, _ = await _answer(handler, params, context, chat)
+        with self._lock:
+            chat = self._open_chat(context.target_agent, params["chatId"], closed_ok=True)
+            chat.messages.append(params["message"])
+            _add_reply(chat, reply)
+            self._save(chat)
+        return chat.result(reply) if result is None else result
+
+    async def _end(self, handler: Handler | None, params: dict[str, Any], context: Context) -> Any:
+        chat = self._open_chat(context.target_agent, params["chatId"])
+        result, reply = None, None
+        if handler is not None:
+            result, reply, _ = await _answer(handler, params, context, chat)
+        with self._lock:
+            chat = self._open_chat(context.target_agent, params["chatId"])
+            _add_reply(chat, reply)
+            chat.status, chat.closed_at, chat.reason = CLOSED, chat.updated_at, params.get("reason")
+            self._save(chat)
+        logger.bind(agent_id=chat.agent_id, trace_id=context.trace_id).debug("chat {} closed", chat.chat_id)
+        return chat.result(reply) if result is None else result
+
+    def _open_chat(self, agent_id: str, chat_id: str, *, closed_ok: bool = False) -> Chat:
+        """The stored chat; -43001 when there is none, -43002 when it is closed (unless ``closed_ok``:
+        a message accepted before the chat closed is still recorded)."""
+        chat = self.get(agent_id, chat_id)
+        if chat is None:
+            raise ARCError(ErrorCode.CHAT_NOT_FOUND, f"Chat not found: {chat_id}", {"chatId": chat_id})
+        if chat.status == CLOSED and not closed_ok:
+            raise ARCError(
+                ErrorCode.CHAT_ALREADY_CLOSED,
+                f"Chat already closed: {chat_id}",
+                {"chatId": chat_id, "closedAt": chat.closed_at},
+            )
+        return chat
+
+    def _save(self, chat: Chat) -> None:
+        self._store_in_use().save(CHAT_KIND, _key(chat.agent_id, chat.chat_id), _encoder.encode(chat))
+
+    def _store_in_use(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the chat store is not open: chats are kept only while the server serves")
+        return self._store
+
+
+async def _answer(
+    handler: Handler, params: dict[str, Any], context: Context, chat: Chat
+) -> tuple[Any, dict[str, Any] | None, str]:
+    """Run the agent's handler with a copy of ``chat`` as ``context.chat``. Returns the result to pass
+    through unchanged (None when the runtime builds it), the reply message to record, and the chat id
+    the answer names."""
+    context.chat = _decoder.decode(_encoder.encode(chat))
+    answer = handler(params, context)
+    if inspect.isawaitable(answer):
+        answer = await answer
+    reply = _as_message(answer)
+    if reply is not _NOT_A_REPLY:
+        return None, reply, chat.chat_id
+    body = answer.get("chat") if isinstance(answer, dict) else None
+    body = body if isinstance(body, dict) else {}
+    chat_id = body.get("chatId") if isinstance(body.get("chatId"), str) else chat.chat_id
+    message = body.get("message")
+    return answer, message if isinstance(message, dict) else None, chat_id
+
+
+_NOT_A_REPLY: Any = object()
+
+
+def _as_message(answer: Any) -> dict[str, Any] | None:
+    """The Message a reply-only answer stands for: a string is one text part, a list its parts, a dict
+    with ``parts`` a Message (role ``agent`` unless it says), None no message. Anything else is a full
+    result: ``_NOT_A_REPLY``."""
+    if answer is None:
+        return None
+    if isinstance(answer, str):
+        return {"role": "agent", "parts": [_text(answer)]}
+    if isinstance(answer, dict) and "parts" in answer and "type" not in answer:
+        return {"role": "agent", **answer}
+    if isinstance(answer, list):
+        if not all(isinstance(part, str | dict) for part in answer):
+            raise TypeError(f"a chat handler's list of parts holds strings or part dicts, got {answer!r}")
+        return {"role": "agent", "parts": [_text(part) if isinstance(part, str) else part for part in answer]}
+    return _NOT_A_REPLY
+
+
+def _text(content: str) -> dict[str, Any]:
+    return {"type": "TextPart", "content": content}
+
+
+def _add_reply(chat: Chat, reply: dict[str, Any] | None) -> None:
+    if reply is not None:
+        chat.messages.append(reply)
+    chat.updated_at = _now()
+
+
+def _in_use(chat_id: str) -> ARCError:
+    return ARCError(
+        ErrorCode.INVALID_PARAMS, f"Invalid params: chatId {chat_id} is already in use", {"chatId": chat_id}
+    )
+
+
+def _key(agent_id: str, chat_id: str) -> str:
+    """One store key per agent and chat id, unambiguous whatever characters the ids hold."""
+    return _encoder.encode([agent_id, chat_id]).decode()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,274 @@
+"""Managed chats: the runtime owns ids, status, timestamps and history, kept in a store."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+
+import msgspec
+import pytest
+from conftest import envelope, post, run
+from test_cli import arc_post, free_port, start, stopper, wait_healthy  # noqa: F401 - stopper is a fixture
+
+from arc_actors import Agent, ARCError, Client, Server
+from arc_actors.chats import Chat
+from arc_actors.store import MemoryStore, SQLiteStore
+
+
+def said(text: str) -> dict:
+    return {"role": "user", "parts": [{"type": "TextPart", "content": text}]}
+
+
+def texts(chat: Chat) -> list[str]:
+    return [message["parts"][0]["content"] for message in chat.messages]
+
+
+class Counter(Agent):
+    """Replies with just a string, telling what it saw of the chat's history."""
+
+    agent_id = "counter"
+
+    def on_start(self) -> None:
+        self.prefix = "seen"
+
+    def chat_start(self, params, context):
+        return f"{self.prefix} {len(context.chat.messages)}: {texts(context.chat)[-1]}"
+
+    async def chat_message(self, params, context):
+        return f"{self.prefix} {len(context.chat.messages)}: {' | '.join(texts(context.chat))}"
+
+
+def test_a_chat_lives_from_start_through_messages_to_end_and_is_then_closed(serve):
+    server = Server(server_id="chats")
+    server.add_agent(Counter)
+    url = serve(server).url
+
+    async def life() -> tuple[list, ARCError, ARCError, ARCError]:
+        async with Client(url, request_agent="me") as client:
+            started = (await client.chat.start("counter", said("hi"))).result
+            chat_id = started["chat"]["chatId"]
+            first = (await client.chat.message("counter", chat_id, said("one"))).result
+            second = (await client.chat.message("counter", chat_id, said("two"))).result
+            ended = (await client.chat.end("counter", chat_id, reason="done")).result
+            errors = []
+            for call in (
+                client.chat.message("counter", chat_id, said("late")),
+                client.chat.end("counter", chat_id),
+                client.chat.message("counter", "chat-nope", said("?")),
+            ):
+                with pytest.raises(ARCError) as raised:
+                    await call
+                errors.append(raised.value)
+            return [started, first, second, ended], *errors
+
+    (started, first, second, ended), late, ended_twice, unknown = run(life())
+    chat_id = started["chat"]["chatId"]
+    assert chat_id.startswith("chat-")
+    assert started["type"] == "chat"
+    assert started["chat"]["status"] == "ACTIVE"
+    assert started["chat"]["message"] == {"role": "agent", "parts": [{"type": "TextPart", "content": "seen 1: hi"}]}
+    assert started["chat"]["participants"] == ["me", "counter"]
+    assert started["chat"]["createdAt"].endswith("Z")
+    assert first["chat"]["message"]["parts"][0]["content"] == "seen 3: hi | seen 1: hi | one"
+    assert (
+        second["chat"]["message"]["parts"][0]["content"]
+        == "seen 5: hi | seen 1: hi | one | seen 3: hi | seen 1: hi | one | two"
+    )
+    assert second["chat"]["createdAt"] == started["chat"]["createdAt"] <= second["chat"]["updatedAt"]
+    assert ended["chat"]["chatId"] == chat_id
+    assert (ended["chat"]["status"], ended["chat"]["reason"]) == ("CLOSED", "done")
+    assert ended["chat"]["closedAt"] == ended["chat"]["updatedAt"]
+    assert "message" not in ended["chat"]
+    assert (late.code, late.details) == (-43002, {"chatId": chat_id, "closedAt": ended["chat"]["closedAt"]})
+    assert (ended_twice.code, ended_twice.details["chatId"]) == (-43002, chat_id)
+    assert (unknown.code, unknown.message, unknown.details) == (
+        -43001,
+        "Chat not found: chat-nope",
+        {"chatId": "chat-nope"},
+    )
+
+
+def test_chat_end_is_answered_by_the_runtime_and_listed_for_an_agent_with_chat_start(serve):
+    server = Server(server_id="chats")
+    server.add_agent(Counter)
+    running = serve(server)
+
+    async def info() -> dict:
+        async with Client(running.url) as client:
+            return await client.agent_info()
+
+    assert run(info())["registeredAgents"]["counter"]["supportedMethods"] == ["chat.end", "chat.message", "chat.start"]
+
+
+def test_a_handler_may_reply_with_a_message_a_list_of_parts_or_nothing(serve):
+    replies = iter(
+        [
+            {"parts": [{"type": "DataPart", "content": {"n": 1}}]},
+            ["plain", {"type": "DataPart", "content": {"n": 2}}],
+            None,
+        ]
+    )
+    server = Server(server_id="forms")
+    server.agent_handler("forms", "chat.start")(lambda params, context: "hello")
+    server.agent_handler("forms", "chat.message")(lambda params, context: next(replies))
+    url = serve(server).url
+
+    async def talk() -> list[dict]:
+        async with Client(url) as client:
+            chat_id = (await client.chat.start("forms", said("hi"), chat_id="mine")).result["chat"]["chatId"]
+            return [(await client.chat.message("forms", chat_id, said(str(n)))).result["chat"] for n in range(3)]
+
+    message, parts, nothing = run(talk())
+    assert message["chatId"] == "mine"
+    assert message["message"] == {"role": "agent", "parts": [{"type": "DataPart", "content": {"n": 1}}]}
+    assert parts["message"]["parts"] == [
+        {"type": "TextPart", "content": "plain"},
+        {"type": "DataPart", "content": {"n": 2}},
+    ]
+    assert "message" not in nothing and nothing["status"] == "ACTIVE"
+
+
+def test_a_seed_style_full_result_is_passed_through_and_the_chat_recorded_under_its_chat_id(serve):
+    full = {
+        "type": "chat",
+        "chat": {
+            "chatId": "seed-7",
+            "status": "ACTIVE",
+            "message": {"role": "agent", "parts": [{"type": "text", "content": "ready"}]},
+        },
+    }
+    server = Server(server_id="seed", store=(store := MemoryStore()))
+    server.agent_handler("seed", "chat.start")(lambda params, context: full)
+    server.agent_handler("seed", "chat.message")(lambda params, context: {"echo": params["message"]})
+    url = serve(server).url
+
+    started = run(post(url, envelope("seed", "chat.start", {"initialMessage": said("hi")})))
+    replied = run(post(url, envelope("seed", "chat.message", {"chatId": "seed-7", "message": said("again")})))
+    ended = run(post(url, envelope("seed", "chat.end", {"chatId": "seed-7"})))
+    assert started["result"] == full
+    assert replied["result"] == {"echo": said("again")}
+    assert ended["result"]["chat"]["status"] == "CLOSED"
+    chat = msgspec.json.decode(store.load("chat", '["seed","seed-7"]'), type=Chat)
+    assert texts(chat) == ["hi", "ready", "again"]
+    assert chat.status == "CLOSED"
+
+
+def test_starting_a_chat_with_an_id_in_use_is_refused_and_changes_nothing(serve):
+    server = Server(server_id="chats")
+    server.add_agent(Counter)
+    url = serve(server).url
+    start_mine = envelope("counter", "chat.start", {"chatId": "c-1", "initialMessage": said("hi")})
+
+    first = run(post(url, start_mine))
+    second = run(post(url, start_mine))
+    following = run(post(url, envelope("counter", "chat.message", {"chatId": "c-1", "message": said("x")})))
+    assert first["result"]["chat"]["chatId"] == "c-1"
+    assert second["error"] == {
+        "code": -32602,
+        "message": "Invalid params: chatId c-1 is already in use",
+        "details": {"chatId": "c-1"},
+    }
+    assert following["result"]["chat"]["message"]["parts"][0]["content"] == "seen 3: hi | seen 1: hi | x"
+
+
+def test_a_handler_that_raises_records_no_chat(serve):
+    def refuse(params, context):
+        raise ARCError(-43005, "Say something", {"chatId": params["chatId"]})
+
+    server = Server(server_id="refuser")
+    server.agent_handler("refuser", "chat.start")(refuse)
+    url = serve(server).url
+
+    refused = run(post(url, envelope("refuser", "chat.start", {"chatId": "c-9", "initialMessage": said("")})))
+    after = run(post(url, envelope("refuser", "chat.end", {"chatId": "c-9"})))
+    assert refused["error"]["code"] == -43005
+    assert (after["error"]["code"], after["error"]["details"]) == (-43001, {"chatId": "c-9"})
+
+
+def test_concurrent_messages_to_one_chat_are_all_kept(serve):
+    class Slow(Agent):
+        agent_id = "slow"
+        concurrency = 4
+
+        def chat_start(self, params, context):
+            return "ok"
+
+        def chat_message(self, params, context):
+            time.sleep(0.01)
+            return "ok"
+
+    store = MemoryStore()
+    server = Server(server_id="slow", store=store)
+    server.add_agent(Slow)
+    url = serve(server).url
+
+    async def flood() -> list:
+        async with Client(url) as client:
+            await client.chat.start("slow", said("hi"), chat_id="c")
+            return await asyncio.gather(*(client.chat.message("slow", "c", said(str(n))) for n in range(20)))
+
+    assert len(run(flood())) == 20
+    chat = msgspec.json.decode(store.load("chat", '["slow","c"]'), type=Chat)
+    assert len(chat.messages) == 2 + 2 * 20
+    assert sorted(text for text in texts(chat) if text.isdigit()) == sorted(str(n) for n in range(20))
+
+
+def test_chat_survives_a_restart_of_the_server_process_on_the_same_sqlite_file(tmp_path, stopper):  # noqa: F811
+    state = tmp_path / "state.db"
+    opened = []
+    for turn in ("first", "second"):
+        port = free_port()
+        process = start("serve", "--port", str(port), env={"ARC_STATE_PATH": str(state)})
+        stopper(process)
+        wait_healthy(port, process)
+        if turn == "first":
+            started = arc_post(
+                port, envelope("hr-agent", "chat.start", {"chatId": "c-1", "initialMessage": said("salary")})
+            )
+            opened.append(started["result"]["chat"])
+        else:
+            replied = arc_post(port, envelope("hr-agent", "chat.message", {"chatId": "c-1", "message": said("e-7")}))
+            twice = arc_post(port, envelope("hr-agent", "chat.start", {"chatId": "c-1", "initialMessage": said("x")}))
+            ended = arc_post(port, envelope("hr-agent", "chat.end", {"chatId": "c-1"}))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    assert replied["result"]["chat"]["message"]["parts"][0]["content"] == "Let me check that for you: e-7"
+    assert twice["error"]["code"] == -32602
+    assert ended["result"]["chat"]["status"] == "CLOSED"
+    assert ended["result"]["chat"]["createdAt"] == opened[0]["createdAt"]
+    store = SQLiteStore(state)
+    try:
+        chat = msgspec.json.decode(store.load("chat", '["hr-agent","c-1"]'), type=Chat)
+    finally:
+        store.close()
+    assert texts(chat) == [
+        "salary",
+        "I can help with salary inquiries. Please provide your employee ID.",
+        "e-7",
+        "Let me check that for you: e-7",
+    ]
+
+
+@pytest.mark.parametrize("make_store", [MemoryStore, lambda path: SQLiteStore(path)], ids=["memory", "sqlite"])
+def test_store_saves_replaces_and_loads_by_kind_and_key_from_many_threads(tmp_path, make_store):
+    store = make_store() if make_store is MemoryStore else make_store(tmp_path / "s.db")
+
+    def writer(n: int) -> None:
+        for i in range(50):
+            store.save("chat", f"{n}-{i}", b"first")
+            store.save("chat", f"{n}-{i}", f"{n}-{i}".encode())
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    try:
+        loaded = [store.load("chat", f"{n}-{i}") for n in range(4) for i in range(50)]
+        assert loaded == [f"{n}-{i}".encode() for n in range(4) for i in range(50)]
+        assert store.load("task", "0-0") is None
+        assert store.load("chat", "missing") is None
+    finally:
+        store.close()
