@@ -5,10 +5,12 @@ The public API is what this module exports; everything else is importable but no
 
 from arc_actors.agent import Agent, Context, handles
 from arc_actors.auth import AuthConfig, Identity, JWTConfig, StaticToken
+from arc_actors.chats import Chat
 from arc_actors.client import Client, Response
 from arc_actors.exceptions import ARCError, ARCException
 from arc_actors.protocol import ErrorCode
 from arc_actors.server import Server
+from arc_actors.store import MemoryStore, SQLiteStore, Store
 from arc_actors.supervisor import RestartPolicy
 
 __version__ = "0.1.0"
@@ -18,14 +20,18 @@ __all__ = [
     "ARCException",
     "Agent",
     "AuthConfig",
+    "Chat",
     "Client",
     "Context",
     "ErrorCode",
     "Identity",
     "JWTConfig",
+    "MemoryStore",
     "Response",
     "RestartPolicy",
+    "SQLiteStore",
     "Server",
     "StaticToken",
+    "Store",
     "handles",
 ]

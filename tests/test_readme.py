@@ -73,3 +73,34 @@ def test_readme_auth_example_serves_its_token_and_refuses_others():
         bob = run(post_raw(running.url, json.dumps(request), {"Authorization": f"Bearer {outsider}"}))
     assert ops == (200, {**ops[1], "result": {"caller": "ops", "scopes": ["arc.agent.caller", "arc.chat.controller"]}})
     assert [(status, answer["error"]["code"]) for status, answer in (anonymous, bob)] == [(401, -44001), (403, -44006)]
+
+
+def test_readme_managed_chats_example_keeps_history_in_its_sqlite_file(tmp_path, monkeypatch):
+    source = next(
+        block for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "context.chat" in block
+    )
+    monkeypatch.chdir(tmp_path)
+    message = {"role": "user", "parts": [{"type": "text", "content": "milk"}]}
+    answers = []
+    for _ in range(2):  # the second server is a restart on the same file
+        namespace: dict = {"__name__": "readme_chats"}
+        exec(compile(source, "README.md", "exec"), namespace)
+        with serving(namespace["server"]) as running:
+            if not answers:
+                answers.append(
+                    run(
+                        post(
+                            running.url,
+                            envelope("notes-agent", "chat.start", {"chatId": "n", "initialMessage": message}),
+                        )
+                    )
+                )
+            answers.append(
+                run(post(running.url, envelope("notes-agent", "chat.message", {"chatId": "n", "message": message})))
+            )
+    assert answers[0]["result"]["chat"]["message"]["parts"][0]["content"] == "Tell me what to note."
+    assert [answer["result"]["chat"]["message"]["parts"][0]["content"] for answer in answers[1:]] == [
+        "2 notes: milk, milk",
+        "3 notes: milk, milk, milk",
+    ]
+    assert (tmp_path / "notes.db").is_file()
