@@ -6,6 +6,7 @@ The public API is what this module exports; everything else is importable but no
 from arc_actors.agent import Agent, Context, handles
 from arc_actors.client import Client, Response
 from arc_actors.exceptions import ARCError, ARCException
+from arc_actors.faults import Fault, FaultPlan
 from arc_actors.protocol import ErrorCode
 from arc_actors.server import Server
 from arc_actors.supervisor import RestartPolicy
@@ -19,6 +20,8 @@ __all__ = [
     "Client",
     "Context",
     "ErrorCode",
+    "Fault",
+    "FaultPlan",
     "Response",
     "RestartPolicy",
     "Server",

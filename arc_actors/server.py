@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from loguru import logger
 
+from arc_actors.admin import AdminPortError, AdminSite
 from arc_actors.agent import Agent, AgentSpec, Handler
+from arc_actors.faults import FaultInjector, FaultPlan
 from arc_actors.gateway import DEFAULT_MAX_BODY_BYTES, Gateway, GatewayConfig
 from arc_actors.logs import configure_logging
 from arc_actors.pykka_engine import PykkaEngine
@@ -22,6 +24,9 @@ from arc_actors.router import Router
 from arc_actors.supervisor import RestartPolicy, Supervisor, hang_after_from_env
 
 H = TypeVar("H", bound=Handler)
+
+ADMIN_SITE = web.AppKey("arc_actors_admin_site", AdminSite)
+"""Where an app keeps its fault admin endpoint, when it has one."""
 
 STOP_TIMEOUT_S = 5.0
 """How long a stopping server waits for agents to finish the messages already in their mailboxes."""
@@ -49,9 +54,13 @@ class Server:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         reference_statuses: bool = False,
         restart_policy: RestartPolicy | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
         """``restart_policy`` is the default for agents that bring none of their own; its
-        ``hang_after_s``, when unset, comes from ``ARC_HANG_AFTER_S`` (else 120 s)."""
+        ``hang_after_s``, when unset, comes from ``ARC_HANG_AFTER_S`` (else 120 s).
+
+        ``faults`` turns fault injection on and arms that plan (``FaultPlan()`` arms nothing, to arm
+        faults later through :attr:`faults`); without it handlers are never wrapped."""
         self.server_id = server_id
         self.restart_policy = restart_policy or RestartPolicy()
         self._config = GatewayConfig(
@@ -65,6 +74,11 @@ class Server:
         self._handler_policies: dict[str, RestartPolicy] = {}
         self._classes: dict[str, AgentSpec] = {}
         self._router: Router | None = None
+        self.faults = FaultInjector(lambda: self.agent_methods)
+        """This server's fault registry: arm, clear, and count injected faults, also while serving."""
+        if faults is not None:
+            self.faults.enable()
+            self.faults.arm(faults)
 
     def agent_handler(self, agent_id: str, method: str, policy: RestartPolicy | None = None) -> Callable[[H], H]:
         """Declare ``async def handler(params, context)`` (or a plain ``def``) as ``agent_id``'s
@@ -109,15 +123,30 @@ class Server:
         """Every agent id declared so far, in declaration order."""
         return [*self._handlers, *self._classes]
 
-    def create_app(self) -> web.Application:
-        """A fresh aiohttp application: its start-up spawns every agent's actor, its clean-up stops them."""
+    @property
+    def agent_methods(self) -> dict[str, tuple[str, ...]]:
+        """Every agent id declared so far with the methods it answers."""
+        return {spec.agent_id: spec.methods for spec in self._specs()}
+
+    def _specs(self) -> list[AgentSpec]:
         specs = [
             AgentSpec.of_handlers(agent_id, handlers, self._handler_policies.get(agent_id))
             for agent_id, handlers in self._handlers.items()
         ]
-        specs += self._classes.values()
+        return specs + list(self._classes.values())
+
+    def create_app(self, *, admin_port: int | None = None) -> web.Application:
+        """A fresh aiohttp application: its start-up spawns every agent's actor, its clean-up stops them.
+
+        ``admin_port`` (0: a free one) serves the fault admin endpoint on 127.0.0.1 alongside, and turns
+        fault injection on."""
+        specs = self._specs()
         if not specs:
             raise ValueError(f"server {self.server_id!r} has no agents: declare one before serving")
+        if admin_port is not None:
+            self.faults.enable()
+        if self.faults.enabled:
+            specs = self.faults.wire(specs)
         supervisor = Supervisor(
             {spec.agent_id: spec.policy for spec in specs if spec.policy is not None},
             self.restart_policy,
@@ -140,6 +169,9 @@ class Server:
                 logger.warning("agents still busy at shutdown, abandoned: {}", ", ".join(busy))
 
         app.cleanup_ctx.append(actors)
+        if admin_port is not None:
+            app[ADMIN_SITE] = AdminSite(self.faults, admin_port)
+            app.cleanup_ctx.append(app[ADMIN_SITE].serve)
         return app
 
     def restart_agent(self, agent_id: str) -> None:
@@ -149,12 +181,20 @@ class Server:
             raise RuntimeError(f"server {self.server_id!r} is not serving")
         self._router.restart(agent_id)
 
-    def run(self, host: str = "0.0.0.0", port: int = 8000, *, log_level: str = "INFO") -> None:  # noqa: S104
+    def run(
+        self,
+        host: str = "0.0.0.0",  # noqa: S104
+        port: int = 8000,
+        *,
+        log_level: str = "INFO",
+        admin_port: int | None = None,
+    ) -> None:
         """Serve until SIGINT or SIGTERM, then stop every agent and return.
 
-        A port that cannot be bound ends the process with a one-line message, not a traceback."""
+        ``admin_port`` serves the fault admin endpoint on 127.0.0.1 (see :meth:`create_app`). A port
+        that cannot be bound ends the process with a one-line message, not a traceback."""
         configure_logging(log_level)
-        app = self.create_app()
+        app = self.create_app(admin_port=admin_port)
         try:
             web.run_app(
                 app,
@@ -165,5 +205,7 @@ class Server:
                 shutdown_timeout=STOP_TIMEOUT_S,
                 loop=new_event_loop(),
             )
+        except AdminPortError as exc:
+            raise SystemExit(f"arc_actors: {exc.strerror}") from None
         except OSError as exc:
             raise SystemExit(f"arc_actors: cannot listen on {host}:{port}: {exc.strerror or exc}") from None

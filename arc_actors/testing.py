@@ -10,21 +10,23 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from arc_actors.server import STOP_TIMEOUT_S, Server, new_event_loop
+from arc_actors.server import ADMIN_SITE, STOP_TIMEOUT_S, Server, new_event_loop
 
 START_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
 class RunningServer:
-    """Where a server started by :func:`serving` listens."""
+    """Where a server started by :func:`serving` listens, and the server itself."""
 
     host: str
     port: int
+    admin_port: int | None = None
+    server: Server | None = field(default=None, compare=False, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -35,17 +37,27 @@ class RunningServer:
         """The ARC endpoint, as ``Client`` takes it."""
         return f"{self.base_url}/arc"
 
+    @property
+    def admin_url(self) -> str | None:
+        """The fault admin endpoint, when the server has one."""
+        return None if self.admin_port is None else f"http://127.0.0.1:{self.admin_port}/faults"
+
 
 @contextmanager
-def serving(server: Server, host: str = "127.0.0.1", port: int = 0) -> Iterator[RunningServer]:
-    """Serve ``server`` on ``host:port`` (port 0: a free one) for the duration of the block."""
+def serving(
+    server: Server, host: str = "127.0.0.1", port: int = 0, *, admin_port: int | None = None
+) -> Iterator[RunningServer]:
+    """Serve ``server`` on ``host:port`` (port 0: a free one) for the duration of the block;
+    ``admin_port`` (0: a free one) also serves its fault admin endpoint on 127.0.0.1."""
     loop = new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name=f"arc-server-{server.server_id}", daemon=True)
     thread.start()
-    runner = web.AppRunner(server.create_app(), access_log=None, shutdown_timeout=STOP_TIMEOUT_S)
+    app = server.create_app(admin_port=admin_port)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=STOP_TIMEOUT_S)
     try:
         bound_port = asyncio.run_coroutine_threadsafe(_start(runner, host, port), loop).result(START_TIMEOUT_S)
-        yield RunningServer(host, bound_port)
+        admin = app.get(ADMIN_SITE)
+        yield RunningServer(host, bound_port, admin.port if admin else None, server)
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(START_TIMEOUT_S + STOP_TIMEOUT_S)
         loop.call_soon_threadsafe(loop.stop)
