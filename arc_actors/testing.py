@@ -2,6 +2,8 @@
 
 ``with serving(server) as running:`` starts the server's own event loop in a background thread,
 exactly as ``server.run`` would serve it, and always stops it, agents included, on the way out.
+:func:`assert_all_answered` checks a chaos run lost nothing. The pytest fixtures built on these live in
+:mod:`arc_actors.pytest_plugin`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from arc_actors.chaos import ChaosReport
 from arc_actors.server import ADMIN_SITE, STOP_TIMEOUT_S, Server, new_event_loop
 
 START_TIMEOUT_S = 30.0
@@ -70,3 +73,15 @@ async def _start(runner: web.AppRunner, host: str, port: int) -> int:
     site = web.TCPSite(runner, host, port)
     await site.start()
     return runner.addresses[0][1]
+
+
+def assert_all_answered(report: ChaosReport) -> None:
+    """Fail unless every request of the chaos run got an ARC answer: sent == answered and lost == 0,
+    for every agent. The message names the agents that lost requests."""
+    losers = [
+        f"{agent_id} lost {agent.lost} of {agent.sent}"
+        for agent_id, agent in report.agents.items()
+        if agent.lost or agent.answered != agent.sent
+    ]
+    if losers:
+        raise AssertionError(f"{report.lost} of {report.sent} requests got no ARC answer: {'; '.join(losers)}")
