@@ -25,6 +25,7 @@ from arc_actors.chaos import (
     run_chaos,
 )
 from arc_actors.faults import SPEC_FORM, FaultSpecError
+from arc_actors.logs import configure_logging
 from arc_actors.server import Server
 
 DEFAULT_ATTRIBUTE = "server"
@@ -52,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"arc_actors: {exc}", file=sys.stderr)
         return 2
     if args.fault:
-        server.faults.enable()
+        configure_logging(args.log_level)
         try:
             server.faults.arm(args.fault, seed=args.fault_seed)
         except FaultSpecError as exc:

@@ -262,8 +262,9 @@ class FaultInjector:
     """A server's fault registry: the plan armed now and what it injected. Thread-safe; arm and
     clear it at any time, from any thread.
 
-    Injection is off unless it is enabled before serving (``Server(faults=...)``, ``enable()``, or an
-    admin port): then the runtime does not wrap the handlers at all and a request pays nothing."""
+    Injection is on for the apps a server creates once it is enabled (``Server(faults=...)``,
+    ``enable()``, an admin port, or arming faults before serving). Off, the runtime does not wrap the
+    handlers at all, and a request pays nothing for it."""
 
     def __init__(self, agents: Callable[[], Mapping[str, Sequence[str]]]) -> None:
         self._agents = agents
@@ -272,6 +273,7 @@ class FaultInjector:
         self._rngs: dict[str, random.Random] = {}
         self._injected: dict[str, Counter[str]] = {}
         self._enabled = False
+        self._served_without = False
 
     @property
     def enabled(self) -> bool:
@@ -293,16 +295,17 @@ class FaultInjector:
             }
 
     def enable(self) -> None:
-        """Turn injection on for the apps created from now on (call it before serving)."""
+        """Turn injection on for the apps created from now on: call it before serving."""
         self._enabled = True
 
     def arm(self, faults: FaultPlan | str | Iterable[str], *, seed: int = 0) -> FaultPlan:
         """Replace the armed plan: a :class:`FaultPlan`, or text specs read against the server's agents
-        (``seed`` then seeds them). Each agent's random stream starts afresh. Returns the plan."""
-        if not self._enabled:
+        (``seed`` then seeds them). Each agent's random stream starts afresh. Before serving, this
+        turns injection on; on a server already serving without it, it is an error. Returns the plan."""
+        if not self._enabled and self._served_without:
             raise RuntimeError(
-                "fault injection is off on this server: enable it before serving, with Server(faults=...), "
-                "server.faults.enable() or an admin port"
+                "fault injection is off on this server, which already serves without it: enable it before "
+                "serving, with Server(faults=...), server.faults.enable(), arm() or an admin port"
             )
         agents = self._agents()
         if isinstance(faults, FaultPlan):
@@ -314,6 +317,7 @@ class FaultInjector:
         with self._lock:
             self._plan = plan
             self._rngs = {}
+        self._enabled = True
         logger.info("faults armed: {}", "; ".join(plan.specs()) or "none")
         return plan
 
@@ -322,9 +326,13 @@ class FaultInjector:
         self.arm(FaultPlan(seed=self._plan.seed))
 
     def wire(self, specs: Iterable[AgentSpec]) -> list[AgentSpec]:
-        """The specs of a new app, their instances wrapped so that every handler meets the armed
-        faults first. Checks the plan against these agents and starts the injected counts afresh."""
+        """The specs of a new app: with injection on, their instances wrapped so that every handler meets
+        the armed faults first (the plan is checked against these agents, the counts start afresh);
+        with it off, the specs unchanged."""
         specs = list(specs)
+        if not self._enabled:
+            self._served_without = True
+            return specs
         self._plan.check({spec.agent_id: spec.methods for spec in specs})
         with self._lock:
             self._rngs = {}
@@ -334,7 +342,7 @@ class FaultInjector:
             for spec in specs
         ]
 
-    def around(self, agent_id: str, method: str, handler: Handler) -> Handler:
+    def _around(self, agent_id: str, method: str, handler: Handler) -> Handler:
         """``handler`` with the faults armed for ``agent_id``'s ``method`` (read at each call) in front."""
 
         def with_faults(params: dict[str, Any], context: Context) -> Any:
@@ -385,7 +393,7 @@ class _FaultyAgent(Agent):
 
     def handlers(self) -> dict[str, Handler]:
         return {
-            method: self._injector.around(self._agent_id, method, handler)
+            method: self._injector._around(self._agent_id, method, handler)
             for method, handler in self._agent.handlers().items()
         }
 

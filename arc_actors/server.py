@@ -60,7 +60,8 @@ class Server:
         ``hang_after_s``, when unset, comes from ``ARC_HANG_AFTER_S`` (else 120 s).
 
         ``faults`` turns fault injection on and arms that plan (``FaultPlan()`` arms nothing, to arm
-        faults later through :attr:`faults`); without it handlers are never wrapped."""
+        faults later through :attr:`faults`). Unless injection is turned on before serving, handlers
+        are never wrapped."""
         self.server_id = server_id
         self.restart_policy = restart_policy or RestartPolicy()
         self._config = GatewayConfig(
@@ -77,7 +78,6 @@ class Server:
         self.faults = FaultInjector(lambda: self.agent_methods)
         """This server's fault registry: arm, clear, and count injected faults, also while serving."""
         if faults is not None:
-            self.faults.enable()
             self.faults.arm(faults)
 
     def agent_handler(self, agent_id: str, method: str, policy: RestartPolicy | None = None) -> Callable[[H], H]:
@@ -145,8 +145,7 @@ class Server:
             raise ValueError(f"server {self.server_id!r} has no agents: declare one before serving")
         if admin_port is not None:
             self.faults.enable()
-        if self.faults.enabled:
-            specs = self.faults.wire(specs)
+        specs = self.faults.wire(specs)
         supervisor = Supervisor(
             {spec.agent_id: spec.policy for spec in specs if spec.policy is not None},
             self.restart_policy,

@@ -42,7 +42,6 @@ def test_chaos_run_on_healthy_agents_answers_every_request_and_repeats_its_load_
 
 def test_chaos_run_counts_error_answers_by_code_as_answered():
     server = build_server()
-    server.faults.enable()
     server.faults.arm("support-agent:error=1:-42004")
     with serving(server) as running:
         report = run_chaos(running.url, agents=["support-agent", "hr-agent"], requests=40, duration_s=60, seed=5)
@@ -134,7 +133,6 @@ def chaos_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_chaos_cli_prints_one_json_object_and_exits_0_when_nothing_is_lost():
     server = build_server()
-    server.faults.enable()
     server.faults.arm("hr-agent:error=1:-41002")
     with serving(server) as running:
         done = chaos_cli(running.url, "--json", "--requests", "45", "--duration", "60", "--seed", "2")

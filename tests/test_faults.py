@@ -184,7 +184,6 @@ def test_latency_fault_delays_the_answer_and_the_handler_still_runs():
 
 def test_error_fault_on_one_method_leaves_the_others_alone_and_the_most_specific_rule_wins():
     server = build_server()
-    server.faults.enable()
     server.faults.arm(["hr-agent.chat.message:error=1:-43001", "finance-agent:error=1:-41002"])
     server.faults.arm([*server.faults.plan.specs(), "finance-agent.chat.start:latency=1:1ms"])
     with serving(server) as running:
@@ -238,15 +237,16 @@ def test_faults_are_armed_and_cleared_while_serving_and_counts_are_kept():
     assert server.faults.injected["counting-agent"]["error"] == 2
 
 
-def test_fault_injection_is_off_unless_enabled_before_serving():
+def test_fault_injection_is_off_unless_turned_on_before_serving():
     server = Server()
     server.add_agent(Counting)
     with serving(server) as running:
-        with pytest.raises(RuntimeError, match="fault injection is off on this server"):
+        with pytest.raises(RuntimeError, match="fault injection is off on this server, which already serves"):
             server.faults.arm("counting-agent:crash=1")
         answer = run(post(running.url, envelope("counting-agent", "work.run")))
     assert answer["result"] == {"served": 1}
     assert server.faults.injected == {}
+    assert not server.faults.enabled
 
 
 def test_a_plan_naming_an_unknown_agent_is_refused_before_serving():
