@@ -79,6 +79,9 @@ def _chaos(args: argparse.Namespace) -> int:
     except (ChaosError, ValueError) as exc:
         print(f"arc_actors: chaos: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\narc_actors: chaos: interrupted, no report", file=sys.stderr)
+        return 130
     if args.json:
         sys.stdout.write(report.to_json().decode() + "\n")
     else:

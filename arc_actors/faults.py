@@ -16,9 +16,9 @@ with the same seed.
 
 The text form, used by ``--fault`` and the admin endpoint, is ``AGENT[.METHOD]:KIND=P[:ARG],...``::
 
-    finance-agent:crash=0.2,hang=0.05:5s     crash 20%, hang 5 s 5% of chat.start, chat.message, ...
+    finance-agent:crash=0.2,hang=0.05:5s       20% of its requests crash, 5% hang for 5 s
     hr-agent.chat.start:latency=1:100ms-300ms  every chat.start 100 to 300 ms late (uniform)
-    support-agent:error=0.1:-41003            answer error -41003 one time in ten
+    support-agent:error=0.1:-41003             one request in ten answered error -41003
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ class FaultPlan:
     and error of one rule exclude each other (one draw, so their probabilities add up to at most 1);
     each latency is drawn on its own and comes first."""
 
-    __slots__ = ("_rules", "seed")
+    __slots__ = ("_rules", "_seed")
 
     def __init__(self, faults: Mapping[str | Target, Iterable[Fault]] | None = None, *, seed: int = 0) -> None:
         rules: dict[Target, tuple[Fault, ...]] = {}
@@ -174,7 +174,7 @@ class FaultPlan:
                     "they exclude each other, so at most 1"
                 )
         self._rules = rules
-        self.seed = seed
+        self._seed = seed
 
     @classmethod
     def parse(
@@ -198,6 +198,11 @@ class FaultPlan:
                 raise FaultSpecError(f"{spec!r}: {exc}") from None
             faults.setdefault(target, []).extend(listed)
         return cls(faults, seed=seed)
+
+    @property
+    def seed(self) -> int:
+        """What each agent's random stream is seeded with, together with the agent id."""
+        return self._seed
 
     @property
     def rules(self) -> dict[Target, tuple[Fault, ...]]:
@@ -238,21 +243,19 @@ class FaultPlan:
     def check(self, agents: Mapping[str, Iterable[str]]) -> None:
         """Raise :class:`FaultSpecError` unless every target names one of ``agents`` and, when it names
         a method, one the agent handles."""
+        known = {agent_id: tuple(methods) for agent_id, methods in agents.items()}
         for agent_id, method in self._rules:
-            _check_target(agent_id, method, {key: tuple(methods) for key, methods in agents.items()})
+            _check_target(agent_id, method, known)
 
     def rng_for(self, agent_id: str) -> random.Random:
         """A fresh random stream of ``agent_id`` under this plan's seed (the same in every process)."""
         return random.Random(f"{self.seed}/{agent_id}")
 
-    def __bool__(self) -> bool:
-        return bool(self._rules)
-
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, FaultPlan) and (self._rules, self.seed) == (other._rules, other.seed)
+        return isinstance(other, FaultPlan) and (self._rules, self._seed) == (other._rules, other._seed)
 
     def __hash__(self) -> int:
-        return hash((tuple(self._rules.items()), self.seed))
+        return hash((tuple(self._rules.items()), self._seed))
 
     def __repr__(self) -> str:
         return f"FaultPlan.parse({self.specs()!r}, seed={self.seed})"
