@@ -7,6 +7,7 @@ from arc_actors.agent import Agent, Context, handles
 from arc_actors.auth import AuthConfig, Identity, JWTConfig, StaticToken
 from arc_actors.client import Client, Response
 from arc_actors.exceptions import ARCError, ARCException
+from arc_actors.faults import Fault, FaultPlan
 from arc_actors.protocol import ErrorCode
 from arc_actors.server import Server
 from arc_actors.supervisor import RestartPolicy
@@ -21,6 +22,8 @@ __all__ = [
     "Client",
     "Context",
     "ErrorCode",
+    "Fault",
+    "FaultPlan",
     "Identity",
     "JWTConfig",
     "Response",
