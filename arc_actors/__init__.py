@@ -8,6 +8,7 @@ from arc_actors.auth import AuthConfig, Identity, JWTConfig, StaticToken
 from arc_actors.chats import Chat
 from arc_actors.client import Client, Response
 from arc_actors.exceptions import ARCError, ARCException
+from arc_actors.faults import Fault, FaultPlan
 from arc_actors.protocol import ErrorCode
 from arc_actors.server import Server
 from arc_actors.store import MemoryStore, SQLiteStore, Store
@@ -24,6 +25,8 @@ __all__ = [
     "Client",
     "Context",
     "ErrorCode",
+    "Fault",
+    "FaultPlan",
     "Identity",
     "JWTConfig",
     "MemoryStore",

@@ -1,7 +1,9 @@
 """``python -m arc_actors`` / ``arc-actors``: the command line.
 
 ``serve [APP]`` serves a ``Server``; APP is ``module:attribute``, ``path/to/file.py[:attribute]``,
-or nothing for the built-in demo agents. Bad input is one line on stderr and a non-zero exit.
+or nothing for the built-in demo agents; ``--fault`` arms faults, ``--admin-port`` opens the fault admin
+endpoint. ``chaos URL`` drives a running server and reports what it lost. Bad input is one line on
+stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -10,11 +12,22 @@ import argparse
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from arc_actors.chaos import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DURATION_S,
+    DEFAULT_TIMEOUT_S,
+    ChaosError,
+    ChaosProgress,
+    run_chaos,
+)
 from arc_actors.config import DEFAULT_CONFIG_FILE, UNSET, ConfigError, load_settings
+from arc_actors.faults import SPEC_FORM, FaultSpecError
+from arc_actors.logs import configure_logging
 from arc_actors.server import Server
 
 DEFAULT_ATTRIBUTE = "server"
@@ -29,9 +42,15 @@ class AppError(Exception):
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command != "serve":
-        parser.print_help()
-        return 2
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "chaos":
+        return _chaos(args)
+    parser.print_help()
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
     try:
         server = load_app(args.app)
         flags = {"host": args.host, "port": args.port, "log_level": args.log_level, "log_json": args.log_json}
@@ -41,17 +60,67 @@ def main(argv: list[str] | None = None) -> int:
         print(f"arc_actors: {exc}", file=sys.stderr)
         return 2
     serving = settings.server
+    log_level = _given(serving.log_level, "INFO")
+    log_json = _given(serving.log_json, False)
+    if args.fault:
+        configure_logging(log_level, json_lines=log_json)
+        try:
+            server.faults.arm(args.fault, seed=args.fault_seed)
+        except FaultSpecError as exc:
+            print(f"arc_actors: --fault {exc}", file=sys.stderr)
+            return 2
     server.run(
         host=_given(serving.host, DEFAULT_HOST),
         port=_given(serving.port, DEFAULT_PORT),
-        log_level=_given(serving.log_level, "INFO"),
-        log_json=_given(serving.log_json, False),
+        log_level=log_level,
+        log_json=log_json,
+        admin_port=args.admin_port,
     )
     return 0
 
 
 def _given(value: Any, default: Any) -> Any:
     return default if value is UNSET else value
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    agents = [agent.strip() for agent in args.agents.split(",") if agent.strip()] if args.agents else None
+    try:
+        report = run_chaos(
+            args.url,
+            agents=agents,
+            duration_s=args.duration,
+            concurrency=args.concurrency,
+            requests=args.requests,
+            seed=args.seed,
+            timeout_s=args.timeout,
+            progress=_progress_printer(),
+        )
+    except (ChaosError, ValueError) as exc:
+        print(f"arc_actors: chaos: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\narc_actors: chaos: interrupted, no report", file=sys.stderr)
+        return 130
+    if args.json:
+        sys.stdout.write(report.to_json().decode() + "\n")
+    else:
+        print(report.render())
+    return 1 if report.lost else 0
+
+
+def _progress_printer() -> Callable[[ChaosProgress], None]:
+    """A live progress line on stderr: rewritten in place on a terminal, one line per update elsewhere."""
+    live = sys.stderr.isatty()
+
+    def show(progress: ChaosProgress) -> None:
+        if live:
+            sys.stderr.write("\r" + progress.line().ljust(79))
+        else:
+            sys.stderr.write(progress.line() + "\n")
+        sys.stderr.flush()
+
+    return show
 
 
 def load_app(app: str | None) -> Server:
@@ -137,4 +206,43 @@ def _parser() -> argparse.ArgumentParser:
         help=f"TOML settings file (default: ./{DEFAULT_CONFIG_FILE} when it exists); ARC_* environment "
         "variables override it and flags override both",
     )
+    serve.add_argument(
+        "--fault",
+        action="append",
+        metavar="SPEC",
+        help=f"inject faults, repeatable: {SPEC_FORM} with KIND crash, hang, latency or error, e.g. "
+        "finance-agent:crash=0.2,hang=0.05:5s or hr-agent.chat.start:latency=1:100ms-300ms or "
+        "support-agent:error=0.1:-41003",
+    )
+    serve.add_argument("--fault-seed", type=int, default=0, help="seed of the faults' draws (default: %(default)s)")
+    serve.add_argument(
+        "--admin-port",
+        type=int,
+        metavar="PORT",
+        help="serve the fault admin endpoint (GET/PUT/DELETE /faults) on 127.0.0.1:PORT; off by default",
+    )
+    chaos = commands.add_parser(
+        "chaos",
+        help="drive an ARC server with chat.start load and report what it lost",
+        description="Send chat.start requests to a running ARC server's agents for a bounded time, then "
+        "report per agent: sent, answered, lost (no ARC answer at all), errors by code, latency "
+        "percentiles, and restarts when /health reports them. Exits 1 when anything is lost.",
+    )
+    chaos.add_argument("url", metavar="URL", help="the server's /arc endpoint, e.g. http://127.0.0.1:8000/arc")
+    chaos.add_argument("--agents", help="comma-separated agent ids (default: the agents /agent-info lists)")
+    chaos.add_argument(
+        "--duration", type=float, default=DEFAULT_DURATION_S, help="seconds of load (default: %(default)s)"
+    )
+    chaos.add_argument(
+        "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight (default: %(default)s)"
+    )
+    chaos.add_argument("--requests", type=int, help="stop after this many requests (default: only --duration)")
+    chaos.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds to wait for each answer before counting it lost (default: %(default)s)",
+    )
+    chaos.add_argument("--seed", type=int, default=0, help="seed of the agent and message draws (default: 0)")
+    chaos.add_argument("--json", action="store_true", help="print the report as one JSON object")
     return parser

@@ -8,6 +8,7 @@ from typing import Any
 
 from arc_actors.agent import Agent, Context
 from arc_actors.server import Server
+from arc_actors.supervisor import RestartPolicy
 
 
 def first_text(message: dict[str, Any]) -> str:
@@ -56,9 +57,9 @@ class SupportAgent(KeywordAgent):
     follow_up = "I understand your concern: {}. Let me help you."
 
 
-def build_server() -> Server:
-    """A fresh server with the three demo agents."""
-    server = Server(server_id="multi-agent-server", description="arc_actors demo agents")
+def build_server(restart_policy: RestartPolicy | None = None) -> Server:
+    """A fresh server with the three demo agents, supervised by ``restart_policy`` (default: the server's)."""
+    server = Server(server_id="multi-agent-server", description="arc_actors demo agents", restart_policy=restart_policy)
     for agent_class in (FinanceAgent, HRAgent, SupportAgent):
         server.add_agent(agent_class)
     return server

@@ -219,9 +219,11 @@ class AgentActor(pykka.ThreadingActor):
                 self._leave()  # the watchdog answered this request already
                 return
             worker.busy_since = worker.current = None
+        # Decide and count the restart before answering, so /health agrees with what the caller saw.
+        delay_s = self._after_crash(crash) if crash is not None else None
         message.reply(outcome)
         if crash is not None:
-            delay_s = self._after_crash(crash)
+            self._release_agent()
             if delay_s is not None:
                 self._start_with_retries(delay_s)
 
@@ -276,7 +278,6 @@ class AgentActor(pykka.ThreadingActor):
         """Ask the supervisor; returns the restart delay, or None when this worker is done for."""
         cell = self._cell
         cell.record_crash(type(exc).__name__, str(exc))
-        self._release_agent()
         decision = self._supervisor.on_failure(cell.spec.agent_id, f"{type(exc).__name__}: {exc}")
         with cell.lock:
             if self._abandoned:

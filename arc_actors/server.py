@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 from aiohttp import web
 from loguru import logger
 
+from arc_actors.admin import AdminPortError, AdminSite
 from arc_actors.agent import Agent, AgentSpec, Handler
 from arc_actors.auth import AuthConfig, Authenticator
 from arc_actors.chats import ChatBook
 from arc_actors.config import UNSET, ConfigError, Settings
+from arc_actors.faults import FaultInjector, FaultPlan
 from arc_actors.gateway import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_HEADER_BYTES,
@@ -43,6 +45,9 @@ STOP_TIMEOUT_S = 1.0
 """How long, after the drain, a stopping server waits for agents' threads to end (a hung one never does)."""
 DEFAULT_MAILBOX_SIZE = 1000
 """How many requests may wait for an agent before more are refused -44007 (backpressure)."""
+
+ADMIN_SITE = web.AppKey("arc_actors_admin_site", AdminSite)
+"""Where an app keeps its fault admin endpoint, when it has one."""
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -76,6 +81,7 @@ class Server:
         auth: AuthConfig | None = None,
         metrics: bool = True,
         store: Store | str | Path | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
         """``restart_policy``, ``mailbox_size`` and ``request_timeout_s`` are the defaults for agents that
         bring none of their own; the policy's ``hang_after_s``, when unset, comes from
@@ -88,7 +94,10 @@ class Server:
         installed) is an error here. ``metrics`` serves Prometheus metrics at ``GET /metrics``.
         ``store`` keeps managed chats: a path is an SQLite file (opened when serving starts, closed when
         it stops), a :class:`~arc_actors.store.Store` is used as it is (its owner closes it), None keeps
-        them in memory for as long as the server serves."""
+        them in memory for as long as the server serves.
+        ``faults`` turns fault injection on and arms that plan (``FaultPlan()`` arms nothing, to arm
+        faults later through :attr:`faults`). Unless injection is turned on before serving, handlers
+        are never wrapped."""
         self.server_id = server_id
         self.metrics = metrics
         self.store = store
@@ -115,6 +124,10 @@ class Server:
         self._classes: dict[str, AgentSpec] = {}
         self._agent_overrides: dict[str, dict[str, Any]] = {}
         self._router: Router | None = None
+        self.faults = FaultInjector(lambda: self.agent_methods)
+        """This server's fault registry: arm, clear, and count injected faults, also while serving."""
+        if faults is not None:
+            self.faults.arm(faults)
 
     def _set_auth(self, auth: AuthConfig) -> None:
         self._authenticator = Authenticator(auth) if auth.enabled else None
@@ -239,6 +252,11 @@ class Server:
         """Every agent id declared so far, in declaration order."""
         return [*self._handlers, *self._classes]
 
+    @property
+    def agent_methods(self) -> dict[str, tuple[str, ...]]:
+        """Every agent id declared so far with the methods it answers."""
+        return {spec.agent_id: spec.methods for spec in self._specs()}
+
     def _specs(self) -> list[AgentSpec]:
         """Every agent's spec, with the configuration's overrides applied."""
         specs = [
@@ -248,14 +266,19 @@ class Server:
         specs += self._classes.values()
         return [replace(spec, **self._agent_overrides.get(spec.agent_id, {})) for spec in specs]
 
-    def create_app(self) -> web.Application:
-        """A fresh aiohttp application: its start-up opens the store and spawns every agent's actor, its
-        clean-up stops them and closes the store."""
+    def create_app(self, *, admin_port: int | None = None) -> web.Application:
+        """A fresh aiohttp application: its start-up opens the chat store and spawns every agent's actor,
+        its clean-up stops them and closes the store.
+
+        ``admin_port`` (0: a free one) serves the fault admin endpoint on 127.0.0.1 alongside, and turns
+        fault injection on."""
         specs = self._specs()
         if not specs:
             raise ValueError(f"server {self.server_id!r} has no agents: declare one before serving")
+        if admin_port is not None:
+            self.faults.enable()
         chats = ChatBook(self.store)
-        specs = [chats.manage(spec) for spec in specs]
+        specs = self.faults.wire([chats.manage(spec) for spec in specs])
         supervisor = Supervisor(
             {spec.agent_id: spec.policy for spec in specs if spec.policy is not None},
             self.restart_policy,
@@ -292,6 +315,9 @@ class Server:
 
         app.cleanup_ctx.append(actors)
         app.on_shutdown.append(drain)
+        if admin_port is not None:
+            app[ADMIN_SITE] = AdminSite(self.faults, admin_port)
+            app.cleanup_ctx.append(app[ADMIN_SITE].serve)
         return app
 
     def runner_options(self) -> dict[str, Any]:
@@ -319,12 +345,14 @@ class Server:
         *,
         log_level: str = "INFO",
         log_json: bool = False,
+        admin_port: int | None = None,
     ) -> None:
         """Serve until SIGINT or SIGTERM, then drain, stop every agent and return.
 
-        A port that cannot be bound ends the process with a one-line message, not a traceback."""
+        ``admin_port`` serves the fault admin endpoint on 127.0.0.1 (see :meth:`create_app`). A port
+        that cannot be bound ends the process with a one-line message, not a traceback."""
         configure_logging(log_level, json_lines=log_json)
-        app = self.create_app()
+        app = self.create_app(admin_port=admin_port)
         try:
             web.run_app(
                 app,
@@ -334,5 +362,7 @@ class Server:
                 loop=new_event_loop(),
                 **self.runner_options(),
             )
+        except AdminPortError as exc:
+            raise SystemExit(f"arc_actors: {exc.strerror}") from None
         except OSError as exc:
             raise SystemExit(f"arc_actors: cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import envelope
 
+from arc_actors import Server
+from arc_actors.cli import main
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -128,3 +131,63 @@ def test_help_explains_serve():
     assert process.returncode == 0
     for word in ("APP", "--host", "--port", "module:attribute", "finance-agent"):
         assert word in stdout
+
+
+def admin_call(method: str, port: int) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/faults", method=method)
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        return json.loads(reply.read())
+
+
+def test_serve_with_faults_injects_them_and_the_admin_endpoint_clears_them(stopper):
+    port, admin_port = free_port(), free_port()
+    process = start(
+        "serve",
+        *("--port", str(port), "--admin-port", str(admin_port), "--fault-seed", "3"),
+        *("--fault", "hr-agent:error=1:-41002", "--fault", "finance-agent.chat.start:latency=1:1ms"),
+    )
+    stopper(process)
+    wait_healthy(port, process)
+    salary = {"initialMessage": {"role": "user", "parts": [{"type": "text", "content": "salary"}]}}
+    refused = arc_post(port, envelope("hr-agent", "chat.start", salary))
+    listed = admin_call("GET", admin_port)
+    cleared = admin_call("DELETE", admin_port)
+    answered = arc_post(port, envelope("hr-agent", "chat.start", salary))
+    process.terminate()
+    assert process.wait(timeout=15) == 0
+    assert refused["error"]["code"] == -41002
+    assert listed["faults"] == ["hr-agent:error=1:-41002", "finance-agent.chat.start:latency=1:1ms"]
+    assert listed["seed"] == 3
+    assert listed["injected"]["hr-agent"]["error"] == 1
+    assert cleared["faults"] == []
+    assert answered["error"] is None
+
+
+def test_admin_port_in_use_is_a_one_line_error_naming_it():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        admin_port = taken.getsockname()[1]
+        process = start("serve", "--port", str(free_port()), "--admin-port", str(admin_port))
+        _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 1
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"arc_actors: cannot listen on 127.0.0.1:{admin_port} for the admin endpoint")
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        ("finance-agent", "--fault 'finance-agent': expected AGENT[.METHOD]:KIND=P[:ARG],..."),
+        ("finance-agent:crash=2", "--fault 'finance-agent:crash=2': 'crash=2': probability '2' is not in [0, 1]"),
+        ("hr-agent:hang=0.1", "--fault 'hr-agent:hang=0.1': 'hang=0.1': hang needs a duration, e.g. hang=0.1:5s"),
+        ("payroll:crash=1", "--fault 'payroll:crash=1': no agent 'payroll' on this server (agents: finance-agent,"),
+    ],
+)
+def test_bad_fault_is_a_one_line_error_and_nothing_is_served(capsys, monkeypatch, spec, complaint):
+    monkeypatch.setattr(Server, "run", lambda *args, **kwargs: pytest.fail("served despite a bad --fault"))
+    assert main(["serve", "--port", str(free_port()), "--fault", spec]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(f"arc_actors: {complaint}")
+    assert len(stderr.strip().splitlines()) == 1, stderr
