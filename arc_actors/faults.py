@@ -23,7 +23,6 @@ The text form, used by ``--fault`` and the admin endpoint, is ``AGENT[.METHOD]:K
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 import threading
@@ -37,7 +36,7 @@ from typing import Any
 import msgspec
 from loguru import logger
 
-from arc_actors.agent import Agent, AgentSpec, Context, Handler
+from arc_actors.agent import AgentSpec, Context, Handler
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ARC_METHODS
 
@@ -340,10 +339,7 @@ class FaultInjector:
         with self._lock:
             self._rngs = {}
             self._injected = {spec.agent_id: Counter() for spec in specs}
-        return [
-            dataclasses.replace(spec, factory=partial(_FaultyAgent, spec.factory, spec.agent_id, self))
-            for spec in specs
-        ]
+        return [spec.map_handlers(partial(self._around, spec.agent_id)) for spec in specs]
 
     def _around(self, agent_id: str, method: str, handler: Handler) -> Handler:
         """``handler`` with the faults armed for ``agent_id``'s ``method`` (read at each call) in front."""
@@ -378,27 +374,6 @@ class FaultInjector:
             else:
                 log.info("injected error {} into {}", fault.code, method)
                 raise ARCError(fault.code, f"Injected error {fault.code}", {"agentId": agent_id, "injected": True})
-
-
-class _FaultyAgent(Agent):
-    """An agent instance with the injector's faults in front of each of its handlers."""
-
-    def __init__(self, factory: Callable[[], Agent], agent_id: str, injector: FaultInjector) -> None:
-        self._agent = factory()
-        self._agent_id = agent_id
-        self._injector = injector
-
-    def on_start(self) -> Any:
-        return self._agent.on_start()
-
-    def on_stop(self) -> Any:
-        return self._agent.on_stop()
-
-    def handlers(self) -> dict[str, Handler]:
-        return {
-            method: self._injector._around(self._agent_id, method, handler)
-            for method, handler in self._agent.handlers().items()
-        }
 
 
 def _parse_spec(spec: str, agents: dict[str, tuple[str, ...]] | None) -> tuple[Target, list[Fault]]:
