@@ -9,8 +9,7 @@ import time
 
 import msgspec
 import pytest
-from conftest import envelope, post, run
-from test_cli import arc_post, free_port, start, stopper, wait_healthy  # noqa: F401 - stopper is a fixture
+from conftest import arc_post, envelope, free_port, post, run, start, wait_healthy
 
 from arc_actors import Agent, ARCError, Client, Server
 from arc_actors.chats import Chat
@@ -215,7 +214,7 @@ def test_concurrent_messages_to_one_chat_are_all_kept(serve):
     assert sorted(text for text in texts(chat) if text.isdigit()) == sorted(str(n) for n in range(20))
 
 
-def test_chat_survives_a_restart_of_the_server_process_on_the_same_sqlite_file(tmp_path, stopper):  # noqa: F811
+def test_chat_survives_a_restart_of_the_server_process_on_the_same_sqlite_file(tmp_path, stopper):
     state = tmp_path / "state.db"
     opened = []
     for turn in ("first", "second"):

@@ -3,67 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from conftest import envelope
+from conftest import arc_post, envelope, free_port, start, wait_healthy
 
 from arc_actors import Server
 from arc_actors.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "arc_actors", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
-
-
-def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as reply:
-                return json.loads(reply.read())
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("server did not become healthy")
-
-
-def arc_post(port: int, request: dict) -> dict:
-    body = json.dumps(request).encode()
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/arc", data=body, timeout=5) as reply:
-        return json.loads(reply.read())
-
-
-@pytest.fixture
-def stopper():
-    processes: list[subprocess.Popen] = []
-    yield processes.append
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])

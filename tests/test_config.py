@@ -10,8 +10,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import envelope, post, run
-from test_cli import free_port, start, wait_healthy
+from conftest import envelope, free_port, post, run, start, wait_healthy
 
 from arc_actors import Agent, Server, handles
 from arc_actors.config import ConfigError, ServerSettings, Settings, load_settings

@@ -10,8 +10,7 @@ import time
 from collections import Counter
 
 import aiohttp
-from conftest import envelope, post, post_raw, run, wait_for_health
-from test_cli import free_port, start, wait_healthy
+from conftest import envelope, free_port, post, post_raw, run, start, wait_for_health, wait_healthy
 
 from arc_actors import Agent, Client, Server, handles
 from arc_actors.testing import serving
