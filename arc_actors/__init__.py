@@ -13,6 +13,7 @@ from arc_actors.protocol import ErrorCode
 from arc_actors.server import Server
 from arc_actors.store import MemoryStore, SQLiteStore, Store
 from arc_actors.supervisor import RestartPolicy
+from arc_actors.tasks import InputRequired, Task, TaskCancelled, TaskHandle
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "Fault",
     "FaultPlan",
     "Identity",
+    "InputRequired",
     "JWTConfig",
     "MemoryStore",
     "Response",
@@ -36,5 +38,8 @@ __all__ = [
     "Server",
     "StaticToken",
     "Store",
+    "Task",
+    "TaskCancelled",
+    "TaskHandle",
     "handles",
 ]

@@ -28,6 +28,7 @@ from arc_actors.supervisor import RestartPolicy
 if TYPE_CHECKING:
     from arc_actors.auth import Identity
     from arc_actors.chats import Chat
+    from arc_actors.tasks import TaskHandle
 
 _METHOD_BY_ATTRIBUTE = {method.replace(".", "_"): method for method in ARC_METHODS}
 
@@ -63,7 +64,9 @@ class Context:
     ``auth`` is the caller's :class:`~arc_actors.auth.Identity` (subject, scopes, claims) when the
     server checks tokens, else None. ``call_chain`` lists the agents whose calls led here (empty for a
     request from outside). ``chat`` is the :class:`~arc_actors.chats.Chat` a ``chat.*`` request belongs
-    to, history included, when the runtime manages the agent's chats, else None.
+    to, history included, when the runtime manages the agent's chats, else None. ``task`` is the
+    :class:`~arc_actors.tasks.TaskHandle` of the task a managed ``task_create``/``task_send`` runs
+    (progress, messages, artifacts, cancellation), else None.
     """
 
     __slots__ = (
@@ -75,10 +78,11 @@ class Context:
         "request_agent",
         "request_id",
         "target_agent",
+        "task",
         "trace_id",
     )
     _KEYS = frozenset(
-        ("auth", "call_chain", "chat", "method", "request_agent", "request_id", "target_agent", "trace_id")
+        ("auth", "call_chain", "chat", "method", "request_agent", "request_id", "target_agent", "task", "trace_id")
     )
 
     def __init__(
@@ -101,6 +105,7 @@ class Context:
         self.call_chain = call_chain
         self._caller = caller
         self.chat: Chat | None = None
+        self.task: TaskHandle | None = None
 
     async def call(self, agent_id: str, method: str, params: dict[str, Any] | None = None) -> Any:
         """Ask another agent of this server, through its mailbox, and return its result.

@@ -23,7 +23,6 @@ from __future__ import annotations
 import inspect
 import threading
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from loguru import logger
 from arc_actors.agent import AgentSpec, Context, Handler
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ErrorCode
-from arc_actors.store import Store, open_store
+from arc_actors.store import Store, open_store, record_key, utc_now
 
 ACTIVE = "ACTIVE"
 CLOSED = "CLOSED"
@@ -107,7 +106,7 @@ class ChatBook:
 
     def get(self, agent_id: str, chat_id: str) -> Chat | None:
         """The chat ``chat_id`` of ``agent_id`` as stored, or None."""
-        raw = self._store_in_use().load(CHAT_KIND, _key(agent_id, chat_id))
+        raw = self._store_in_use().load(CHAT_KIND, record_key(agent_id, chat_id))
         return None if raw is None else _decoder.decode(raw)
 
     def _wrap(self, method: str, handler: Handler | None) -> Handler:
@@ -124,7 +123,7 @@ class ChatBook:
         agent_id, requested = context.target_agent, params.get("chatId")
         if requested is not None and self.get(agent_id, requested) is not None:
             raise _in_use(requested)
-        now = _now()
+        now = utc_now()
         chat = Chat(
             chat_id=requested or f"chat-{uuid.uuid4().hex[:12]}",
             agent_id=agent_id,
@@ -184,7 +183,7 @@ class ChatBook:
         return chat
 
     def _save(self, chat: Chat) -> None:
-        self._store_in_use().save(CHAT_KIND, _key(chat.agent_id, chat.chat_id), _encoder.encode(chat))
+        self._store_in_use().save(CHAT_KIND, record_key(chat.agent_id, chat.chat_id), _encoder.encode(chat))
 
     def _store_in_use(self) -> Store:
         if self._store is None:
@@ -202,8 +201,8 @@ async def _answer(
     answer = handler(params, context)
     if inspect.isawaitable(answer):
         answer = await answer
-    reply = _as_message(answer)
-    if reply is not _NOT_A_REPLY:
+    reply = as_message(answer)
+    if reply is not NOT_A_REPLY:
         return None, reply, chat.chat_id
     body = answer.get("chat") if isinstance(answer, dict) else None
     body = body if isinstance(body, dict) else {}
@@ -212,13 +211,13 @@ async def _answer(
     return answer, message if isinstance(message, dict) else None, chat_id
 
 
-_NOT_A_REPLY: Any = object()
+NOT_A_REPLY: Any = object()
 
 
-def _as_message(answer: Any) -> dict[str, Any] | None:
+def as_message(answer: Any) -> dict[str, Any] | None:
     """The Message a reply-only answer stands for: a string is one text part, a list its parts, a dict
     with ``parts`` a Message (role ``agent`` unless it says), None no message. Anything else is a full
-    result: ``_NOT_A_REPLY``."""
+    result: ``NOT_A_REPLY``."""
     if answer is None:
         return None
     if isinstance(answer, str):
@@ -229,7 +228,7 @@ def _as_message(answer: Any) -> dict[str, Any] | None:
         if not all(isinstance(part, str | dict) for part in answer):
             raise TypeError(f"a chat handler's list of parts holds strings or part dicts, got {answer!r}")
         return {"role": "agent", "parts": [_text(part) if isinstance(part, str) else part for part in answer]}
-    return _NOT_A_REPLY
+    return NOT_A_REPLY
 
 
 def _text(content: str) -> dict[str, Any]:
@@ -239,19 +238,10 @@ def _text(content: str) -> dict[str, Any]:
 def _add_reply(chat: Chat, reply: dict[str, Any] | None) -> None:
     if reply is not None:
         chat.messages.append(reply)
-    chat.updated_at = _now()
+    chat.updated_at = utc_now()
 
 
 def _in_use(chat_id: str) -> ARCError:
     return ARCError(
         ErrorCode.INVALID_PARAMS, f"Invalid params: chatId {chat_id} is already in use", {"chatId": chat_id}
     )
-
-
-def _key(agent_id: str, chat_id: str) -> str:
-    """One store key per agent and chat id, unambiguous whatever characters the ids hold."""
-    return _encoder.encode([agent_id, chat_id]).decode()
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -36,6 +36,7 @@ from arc_actors.pykka_engine import PykkaEngine
 from arc_actors.router import Router
 from arc_actors.store import Store
 from arc_actors.supervisor import RestartPolicy, Supervisor, hang_after_from_env
+from arc_actors.tasks import TaskBook
 
 H = TypeVar("H", bound=Handler)
 
@@ -92,7 +93,7 @@ class Server:
         up to ``drain_timeout_s``; what is left then is answered -41002.
         ``auth``, when enabled, puts ``/arc`` behind bearer tokens; a bad one (a missing key, PyJWT not
         installed) is an error here. ``metrics`` serves Prometheus metrics at ``GET /metrics``.
-        ``store`` keeps managed chats: a path is an SQLite file (opened when serving starts, closed when
+        ``store`` keeps managed chats and tasks: a path is an SQLite file (opened when serving starts, closed when
         it stops), a :class:`~arc_actors.store.Store` is used as it is (its owner closes it), None keeps
         them in memory for as long as the server serves.
         ``faults`` turns fault injection on and arms that plan (``FaultPlan()`` arms nothing, to arm
@@ -267,7 +268,7 @@ class Server:
         return [replace(spec, **self._agent_overrides.get(spec.agent_id, {})) for spec in specs]
 
     def create_app(self, *, admin_port: int | None = None) -> web.Application:
-        """A fresh aiohttp application: its start-up opens the chat store and spawns every agent's actor,
+        """A fresh aiohttp application: its start-up opens the chat and task stores and spawns every agent's actor,
         its clean-up stops them and closes the store.
 
         ``admin_port`` (0: a free one) serves the fault admin endpoint on 127.0.0.1 alongside, and turns
@@ -277,15 +278,15 @@ class Server:
             raise ValueError(f"server {self.server_id!r} has no agents: declare one before serving")
         if admin_port is not None:
             self.faults.enable()
-        chats = ChatBook(self.store)
-        specs = self.faults.wire([chats.manage(spec) for spec in specs])
+        chats, tasks = ChatBook(self.store), TaskBook(self.store)
+        specs = self.faults.wire([tasks.manage(chats.manage(spec)) for spec in specs])
         supervisor = Supervisor(
             {spec.agent_id: spec.policy for spec in specs if spec.policy is not None},
             self.restart_policy,
             self.restart_policy.hang_after_s or hang_after_from_env(),
         )
         engine = PykkaEngine(supervisor, self.mailbox_size, self.request_timeout_s)
-        router = Router(specs, engine)
+        router = Router(specs, tasks.front(engine))
         if self._authenticator is not None:
             self._authenticator.check_agents(router.agent_ids)
         app = Gateway(router, self._config, self._authenticator).application()
@@ -295,6 +296,7 @@ class Server:
         async def actors(_: web.Application) -> AsyncIterator[None]:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, chats.open)
+            await loop.run_in_executor(None, tasks.open)
             router.start()
             self._router = router
             logger.info("{} agents started: {}", len(specs), ", ".join(router.agent_ids))
@@ -306,6 +308,7 @@ class Server:
             if busy:
                 logger.warning("agents still busy at shutdown, abandoned: {}", ", ".join(busy))
             await loop.run_in_executor(None, chats.close)
+            await loop.run_in_executor(None, tasks.close)
 
         async def drain(_: web.Application) -> None:
             logger.info("draining: new requests refused, up to {} s for queued and running ones", self.drain_timeout_s)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+import msgspec
 
 
 @runtime_checkable
@@ -99,3 +102,13 @@ def open_store(source: Store | str | Path | None) -> tuple[Store, bool]:
     if isinstance(source, Store):
         return source, False
     raise TypeError(f"a store is a path or a Store (load, save, close), got {source!r}")
+
+
+def record_key(agent_id: str, record_id: str) -> str:
+    """One store key per agent and record id, unambiguous whatever characters the ids hold."""
+    return msgspec.json.encode([agent_id, record_id]).decode()
+
+
+def utc_now() -> str:
+    """Now, as records' timestamps are written: ISO 8601 in UTC to the millisecond, ending in ``Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -19,7 +19,7 @@ class Accountant(Agent):
     def on_start(self) -> None:
         self.ledger: list[float] = []
 
-    def task_create(self, params: dict, context: Context) -> dict:
+    def chat_start(self, params: dict, context: Context) -> dict:
         self.ledger.append(params["initialMessage"]["parts"][0]["content"]["amount"])
         return {"total": round(sum(self.ledger), self.rounding), "currency": self.currency}
 
@@ -57,7 +57,7 @@ def booking(amount: float) -> dict:
 
 
 def test_method_names_map_to_arc_methods_and_handles_adds_custom_ones():
-    assert Accountant.arc_methods() == ("task.create", "ledger.show")
+    assert Accountant.arc_methods() == ("chat.start", "ledger.show")
 
 
 def test_actor_subclass_and_decorator_agents_serve_side_by_side():
@@ -72,10 +72,10 @@ def test_actor_subclass_and_decorator_agents_serve_side_by_side():
     with serving(server) as running:
         url = running.url
         assert run(post(url, envelope("greeter", "greet.me", {"name": "Ada"})))["result"] == {"hello": "Ada"}
-        run(post(url, envelope("accountant", "task.create", booking(1.04))))
-        total = run(post(url, envelope("accountant", "task.create", booking(2.04))))["result"]
+        run(post(url, envelope("accountant", "chat.start", booking(1.04))))
+        total = run(post(url, envelope("accountant", "chat.start", booking(2.04))))["result"]
         assert total == {"total": 3.1, "currency": "EUR"}
-        us = run(post(url, envelope("us-accountant", "task.create", booking(5))))["result"]
+        us = run(post(url, envelope("us-accountant", "chat.start", booking(5))))["result"]
         assert us == {"total": 5, "currency": "USD"}
         shown = run(post(url, envelope("accountant", method="ledger.show", id=9, traceId="t-1")))["result"]
         assert shown == {
@@ -90,7 +90,7 @@ def test_actor_subclass_and_decorator_agents_serve_side_by_side():
         }
         assert run(post(url, envelope("accountant", method="helper_not_exposed")))["error"]["code"] == -32601
         info = run(Client(url).agent_info())
-    assert info["registeredAgents"]["accountant"]["supportedMethods"] == ["ledger.show", "task.create"]
+    assert info["registeredAgents"]["accountant"]["supportedMethods"] == ["chat.end", "chat.start", "ledger.show"]
     assert info["registeredAgents"]["greeter"]["supportedMethods"] == ["greet.me"]
     assert info["totalAgents"] == 3
 

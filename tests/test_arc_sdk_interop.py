@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from conftest import run
 
+from arc_actors import Agent, InputRequired, Server
 from arc_actors.demo import build_server
 from arc_actors.testing import serving
 
@@ -95,3 +98,56 @@ def test_reference_client_gets_chat_not_found_and_already_closed_with_their_code
         run(unknown_chat())
     assert closed.value.code == -43002
     assert (unknown.value.code, unknown.value.details["chat_id"]) == (-43001, "chat-nope")
+
+
+class Planner(Agent):
+    """A demo-style agent with managed tasks: it asks for a date, then completes with a plan."""
+
+    agent_id = "planner-agent"
+
+    def task_create(self, params, context):
+        raise InputRequired("Which date?")
+
+    def task_send(self, params, context):
+        context.task.add_artifact({"name": "plan", "parts": [{"type": "TextPart", "content": "agenda"}]})
+        return f"Planned for {params['message']['parts'][0]['content']}"
+
+
+def test_reference_client_drives_managed_tasks(serve):
+    server = Server(server_id="planner")
+    server.add_agent(Planner)
+    url = serve(server).url
+
+    async def drive() -> tuple[dict, ...]:
+        async with arc.Client(url, use_quantum_safe=False) as client:
+            created = await client.task.create(
+                target_agent="planner-agent", initial_message=user_message("plan a meeting"), priority="URGENT"
+            )
+            task_id = created["result"]["task"]["taskId"]
+            asked = completed = None
+            for _ in range(500):
+                asked = await client.task.info(target_agent="planner-agent", task_id=task_id)
+                if asked["result"]["task"]["status"] == "INPUT_REQUIRED":
+                    break
+                await asyncio.sleep(0.02)
+            sent = await client.task.send(target_agent="planner-agent", task_id=task_id, message=user_message("Monday"))
+            for _ in range(500):
+                completed = await client.task.info(target_agent="planner-agent", task_id=task_id)
+                if completed["result"]["task"]["status"] == "COMPLETED":
+                    break
+                await asyncio.sleep(0.02)
+            second = await client.task.create(target_agent="planner-agent", initial_message=user_message("again"))
+            canceled = await client.task.cancel(
+                target_agent="planner-agent", task_id=second["result"]["task"]["taskId"], reason="not needed"
+            )
+            return created, asked, sent, completed, canceled
+
+    created, asked, sent, completed, canceled = run(drive())
+    assert created["result"]["task"]["priority"] == "URGENT"
+    assert asked["result"]["task"]["status"] == "INPUT_REQUIRED"
+    assert sent["result"] == {"success": True}
+    task = completed["result"]["task"]
+    assert task["status"] == "COMPLETED"
+    assert task["messages"][-1]["parts"][0]["content"] == "Planned for Monday"
+    assert [artifact["name"] for artifact in task["artifacts"]] == ["plan"]
+    assert canceled["result"]["task"]["status"] == "CANCELED"
