@@ -310,12 +310,12 @@ class TaskBook:
     async def _run(self, handler: Handler, params: dict[str, Any], context: Context) -> None:
         agent_id, task_id = context.target_agent, params["taskId"]
         key = record_key(agent_id, task_id)
-        if self.update(agent_id, task_id, _to_working, live_only=True).status != WORKING:
-            return  # canceled (or timed out) before it started
-        run = self._runs[key] = _Run()
+        run = self._runs[key] = _Run()  # first, so a cancel from now on reaches it
         context.task = TaskHandle(self, agent_id, task_id, run)
         log = logger.bind(agent_id=agent_id, trace_id=context.trace_id)
         try:
+            if self.update(agent_id, task_id, _to_working, live_only=True).status != WORKING:
+                return  # canceled (or timed out) before it started
             answer = handler(params, context)
             if inspect.isawaitable(answer):
                 answer = await answer

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
 
 from conftest import envelope, post, post_raw, run
 
+from arc_actors import Client
 from arc_actors.testing import serving
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -104,3 +106,36 @@ def test_readme_managed_chats_example_keeps_history_in_its_sqlite_file(tmp_path,
         "3 notes: milk, milk, milk",
     ]
     assert (tmp_path / "notes.db").is_file()
+
+
+def test_readme_managed_tasks_example_reports_asks_and_completes():
+    source = next(
+        block for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "context.task" in block
+    )
+    namespace: dict = {"__name__": "readme_tasks"}
+    exec(compile(source, "README.md", "exec"), namespace)
+    message = {"role": "user", "parts": [{"type": "TextPart", "content": "Q3 report"}]}
+
+    async def until(client: Client, task_id: str, status: str) -> dict:
+        for _ in range(500):
+            task = (await client.task.info("report-agent", task_id)).result["task"]
+            if task["status"] == status:
+                break
+            await asyncio.sleep(0.02)
+        return task
+
+    async def life() -> tuple[dict, dict]:
+        async with Client(running.url) as client:
+            task_id = (await client.task.create("report-agent", message)).result["task"]["taskId"]
+            asked = await until(client, task_id, "INPUT_REQUIRED")
+            await client.task.send(
+                "report-agent", task_id, {"role": "user", "parts": [{"type": "TextPart", "content": "the board"}]}
+            )
+            return asked, await until(client, task_id, "COMPLETED")
+
+    with serving(namespace["server"]) as running:
+        asked, done = run(life())
+    assert (asked["progress"], asked["messages"][-1]["parts"][0]["content"]) == (1.0, "Report ready. Send it to whom?")
+    assert [artifact["name"] for artifact in asked["artifacts"]] == ["report"]
+    assert done["status"] == "COMPLETED"
+    assert done["messages"][-1]["parts"] == [{"type": "TextPart", "content": "Sent to the board."}]
