@@ -94,7 +94,7 @@ async def until(client: Client, agent_id: str, task_id: str, status: str) -> dic
         await asyncio.sleep(0.02)
 
 
-def test_a_task_is_submitted_at_once_works_in_the_background_and_completes_with_messages_and_artifacts(serve):
+def test_a_task_is_submitted_at_once_answers_info_while_working_and_completes_with_messages_and_artifacts(serve):
     release = threading.Event()
     server = Server(server_id="tasks")
     server.add_agent(Reporter, release)
@@ -107,13 +107,14 @@ def test_a_task_is_submitted_at_once_works_in_the_background_and_completes_with_
             working = await until(client, "reporter", task_id, "WORKING")
             while working.get("artifacts") == [] or working.get("progress") is None:
                 working = (await client.task.info("reporter", task_id)).result["task"]
+            busy = (await client.health())["agents"]["reporter"]["busy"]  # info answered while the agent works
             release.set()
             done = await until(client, "reporter", task_id, "COMPLETED")
             bare = (await client.task.info("reporter", task_id, include_messages=False, include_artifacts=False)).result
             got = (await client.call("task.get", "reporter", {"taskId": task_id})).result
-            return created, working, done, bare, got
+            return created, working, busy, done, bare, got
 
-    created, working, done, bare, got = run(life())
+    created, working, busy, done, bare, got = run(life())
     task = created["task"]
     assert created["type"] == "task"
     assert task["taskId"].startswith("task-")
@@ -121,7 +122,7 @@ def test_a_task_is_submitted_at_once_works_in_the_background_and_completes_with_
     assert task["createdAt"].endswith("Z")
     assert texts(task) == ["sum"]
     assert task["artifacts"] == []
-    assert (working["status"], working["progress"]) == ("WORKING", 0.5)
+    assert (working["status"], working["progress"], busy) == ("WORKING", 0.5, 1)
     assert texts(working) == ["sum", "halfway"]
     assert done["status"] == "COMPLETED"
     assert texts(done) == ["sum", "halfway", "done: sum"]
