@@ -23,7 +23,6 @@ from __future__ import annotations
 import inspect
 import threading
 import uuid
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -32,7 +31,7 @@ from loguru import logger
 from arc_actors.agent import AgentSpec, Context, Handler
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ErrorCode
-from arc_actors.store import Store, open_store, record_key, utc_now
+from arc_actors.store import ServingStore, Store, record_key, utc_now
 
 ACTIVE = "ACTIVE"
 CLOSED = "CLOSED"
@@ -81,21 +80,11 @@ class ChatBook:
     """The managed chats of one serving server, kept in a :class:`~arc_actors.store.Store`.
 
     ``open`` and ``close`` run off the event loop around the agents' life; every other method runs in
-    an agent's thread. ``source`` is a Store, a path (SQLite) or None (in memory)."""
+    an agent's thread; the records live in the server's one :class:`~arc_actors.store.ServingStore`."""
 
-    def __init__(self, source: Store | str | Path | None) -> None:
-        self._source = source
-        self._store: Store | None = None
-        self._owned = False
+    def __init__(self, store: ServingStore) -> None:
+        self._serving = store
         self._lock = threading.Lock()  # orders read-modify-write of records across agents' threads
-
-    def open(self) -> None:
-        self._store, self._owned = open_store(self._source)
-
-    def close(self) -> None:
-        store, self._store = self._store, None
-        if store is not None and self._owned:
-            store.close()
 
     def manage(self, spec: AgentSpec) -> AgentSpec:
         """``spec`` with managed chats when it answers ``chat.start`` (and then ``chat.end`` too);
@@ -186,9 +175,7 @@ class ChatBook:
         self._store_in_use().save(CHAT_KIND, record_key(chat.agent_id, chat.chat_id), _encoder.encode(chat))
 
     def _store_in_use(self) -> Store:
-        if self._store is None:
-            raise RuntimeError("the chat store is not open: chats are kept only while the server serves")
-        return self._store
+        return self._serving.store
 
 
 async def _answer(

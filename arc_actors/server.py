@@ -34,7 +34,7 @@ from arc_actors.logs import configure_logging
 from arc_actors.metrics import Metrics
 from arc_actors.pykka_engine import PykkaEngine
 from arc_actors.router import Router
-from arc_actors.store import Store
+from arc_actors.store import ServingStore, Store
 from arc_actors.supervisor import RestartPolicy, Supervisor, hang_after_from_env
 from arc_actors.tasks import TaskBook
 
@@ -278,7 +278,8 @@ class Server:
             raise ValueError(f"server {self.server_id!r} has no agents: declare one before serving")
         if admin_port is not None:
             self.faults.enable()
-        chats, tasks = ChatBook(self.store), TaskBook(self.store)
+        store = ServingStore(self.store)
+        chats, tasks = ChatBook(store), TaskBook(store)
         specs = self.faults.wire([tasks.manage(chats.manage(spec)) for spec in specs])
         supervisor = Supervisor(
             {spec.agent_id: spec.policy for spec in specs if spec.policy is not None},
@@ -295,8 +296,7 @@ class Server:
 
         async def actors(_: web.Application) -> AsyncIterator[None]:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, chats.open)
-            await loop.run_in_executor(None, tasks.open)
+            await loop.run_in_executor(None, store.open)
             router.start()
             self._router = router
             logger.info("{} agents started: {}", len(specs), ", ".join(router.agent_ids))
@@ -307,8 +307,7 @@ class Server:
             busy = await loop.run_in_executor(None, engine.stop, STOP_TIMEOUT_S)
             if busy:
                 logger.warning("agents still busy at shutdown, abandoned: {}", ", ".join(busy))
-            await loop.run_in_executor(None, chats.close)
-            await loop.run_in_executor(None, tasks.close)
+            await loop.run_in_executor(None, store.close)
 
         async def drain(_: web.Application) -> None:
             logger.info("draining: new requests refused, up to {} s for queued and running ones", self.drain_timeout_s)

@@ -104,6 +104,35 @@ def open_store(source: Store | str | Path | None) -> tuple[Store, bool]:
     raise TypeError(f"a store is a path or a Store (load, save, close), got {source!r}")
 
 
+class ServingStore:
+    """The one store of a serving server, shared by its managed chats and tasks: opened when serving
+    starts and closed when it stops (only if it opened it), both off the event loop."""
+
+    def __init__(self, source: Store | str | Path | None) -> None:
+        self._source = source
+        self._store: Store | None = None
+        self._owned = False
+
+    def open(self) -> None:
+        self._store, self._owned = open_store(self._source)
+
+    def close(self) -> None:
+        store, self._store = self._store, None
+        if store is not None and self._owned:
+            store.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._store is not None
+
+    @property
+    def store(self) -> Store:
+        """The open store; raises when the server is not serving (records live only while it does)."""
+        if self._store is None:
+            raise RuntimeError("the store is not open: chats and tasks are kept only while the server serves")
+        return self._store
+
+
 def record_key(agent_id: str, record_id: str) -> str:
     """One store key per agent and record id, unambiguous whatever characters the ids hold."""
     return msgspec.json.encode([agent_id, record_id]).decode()

@@ -45,11 +45,9 @@ from arc_actors.agent import AgentSpec, Context, Handler
 from arc_actors.chats import NOT_A_REPLY, as_message
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ErrorCode, ErrorObject, Outcome, encoder
-from arc_actors.store import Store, open_store, record_key, utc_now
+from arc_actors.store import ServingStore, Store, record_key, utc_now
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from arc_actors.engine import AgentStatus, Engine
 
 SUBMITTED = "SUBMITTED"
@@ -174,25 +172,14 @@ _decoder = msgspec.json.Decoder(Task)
 
 
 class TaskBook:
-    """The managed tasks of one serving server, kept in a :class:`~arc_actors.store.Store` (``source``:
-    a Store, a path for SQLite, None for memory). ``open`` and ``close`` run off the event loop around
-    the agents' life."""
+    """The managed tasks of one serving server, kept in its one :class:`~arc_actors.store.ServingStore`
+    (opened and closed off the event loop around the agents' life)."""
 
-    def __init__(self, source: Store | str | Path | None) -> None:
-        self._source = source
-        self._store: Store | None = None
-        self._owned = False
+    def __init__(self, store: ServingStore) -> None:
+        self._serving = store
         self._lock = threading.Lock()  # orders read-modify-write of records across threads
         self._runs: dict[str, _Run] = {}
         self._resumable: set[str] = set()
-
-    def open(self) -> None:
-        self._store, self._owned = open_store(self._source)
-
-    def close(self) -> None:
-        store, self._store = self._store, None
-        if store is not None and self._owned:
-            store.close()
 
     def manage(self, spec: AgentSpec) -> AgentSpec:
         """``spec`` with managed tasks when it answers ``task.create``; other agents are left as they are."""
@@ -280,7 +267,7 @@ class TaskBook:
 
     def fail(self, agent_id: str, task_id: str, error: ErrorObject) -> None:
         """End a task whose run was answered with a runtime error (timeout, agent not available)."""
-        if self._store is None:
+        if not self._serving.is_open:
             return  # the server stopped: the store is closed, the task stays as it was
         if error.code == ErrorCode.AGENT_TIMEOUT:
             error = ErrorObject(ErrorCode.TASK_TIMEOUT, f"Task timeout: {error.message}", error.details)
@@ -340,9 +327,7 @@ class TaskBook:
         self._store_in_use().save(TASK_KIND, record_key(task.agent_id, task.task_id), _encoder.encode(task))
 
     def _store_in_use(self) -> Store:
-        if self._store is None:
-            raise RuntimeError("the task store is not open: tasks are kept only while the server serves")
-        return self._store
+        return self._serving.store
 
 
 class _Front:
