@@ -77,10 +77,8 @@ _decoder = msgspec.json.Decoder(Chat)
 
 
 class ChatBook:
-    """The managed chats of one serving server, kept in a :class:`~arc_actors.store.Store`.
-
-    ``open`` and ``close`` run off the event loop around the agents' life; every other method runs in
-    an agent's thread; the records live in the server's one :class:`~arc_actors.store.ServingStore`."""
+    """The managed chats of one serving server, kept in its one :class:`~arc_actors.store.ServingStore`;
+    every method runs in an agent's thread."""
 
     def __init__(self, store: ServingStore) -> None:
         self._serving = store
