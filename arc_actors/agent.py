@@ -28,6 +28,7 @@ from arc_actors.supervisor import RestartPolicy
 if TYPE_CHECKING:
     from arc_actors.auth import Identity
     from arc_actors.chats import Chat
+    from arc_actors.streaming import DeltaSink
 
 _METHOD_BY_ATTRIBUTE = {method.replace(".", "_"): method for method in ARC_METHODS}
 
@@ -63,7 +64,9 @@ class Context:
     ``auth`` is the caller's :class:`~arc_actors.auth.Identity` (subject, scopes, claims) when the
     server checks tokens, else None. ``call_chain`` lists the agents whose calls led here (empty for a
     request from outside). ``chat`` is the :class:`~arc_actors.chats.Chat` a ``chat.*`` request belongs
-    to, history included, when the runtime manages the agent's chats, else None.
+    to, history included, when the runtime manages the agent's chats, else None. ``stream`` is the
+    :class:`~arc_actors.streaming.DeltaSink` of a request answered as SSE (``params.stream: true``),
+    else None; the runtime uses it, a handler streams by being an async generator.
     """
 
     __slots__ = (
@@ -74,6 +77,7 @@ class Context:
         "method",
         "request_agent",
         "request_id",
+        "stream",
         "target_agent",
         "trace_id",
     )
@@ -91,6 +95,7 @@ class Context:
         auth: Identity | None = None,
         call_chain: tuple[str, ...] = (),
         caller: AgentCaller | None = None,
+        stream: DeltaSink | None = None,
     ) -> None:
         self.request_id = request_id
         self.method = method
@@ -100,6 +105,7 @@ class Context:
         self.auth = auth
         self.call_chain = call_chain
         self._caller = caller
+        self.stream = stream
         self.chat: Chat | None = None
 
     async def call(self, agent_id: str, method: str, params: dict[str, Any] | None = None) -> Any:

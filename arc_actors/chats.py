@@ -16,6 +16,9 @@ string, a Message dict ``{role, parts}``, a list of parts, or None for no messag
 chat result built for it; any other dict (such as the seed's full ``{"type": "chat", ...}`` results)
 is answered unchanged, and the chat is still recorded, under the ``chatId`` of that result's ``chat``
 when it has one. A handler that raises records nothing.
+
+A handler may also be an async generator of ``str`` deltas (:mod:`arc_actors.streaming`): its deltas
+joined are its reply, streamed as they come when the request asked for ``stream: true``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from arc_actors.agent import AgentSpec, Context, Handler
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ErrorCode
 from arc_actors.store import Store, open_store
+from arc_actors.streaming import collect
 
 ACTIVE = "ACTIVE"
 CLOSED = "CLOSED"
@@ -76,6 +80,11 @@ class Chat(msgspec.Struct, rename="camel", kw_only=True):
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Chat)
+
+
+def new_chat_id() -> str:
+    """A fresh chat id, for a ``chat.start`` that names none."""
+    return f"chat-{uuid.uuid4().hex[:12]}"
 
 
 class ChatBook:
@@ -126,7 +135,7 @@ class ChatBook:
             raise _in_use(requested)
         now = _now()
         chat = Chat(
-            chat_id=requested or f"chat-{uuid.uuid4().hex[:12]}",
+            chat_id=requested or new_chat_id(),
             agent_id=agent_id,
             status=ACTIVE,
             created_at=now,
@@ -200,7 +209,9 @@ async def _answer(
     the answer names."""
     context.chat = _decoder.decode(_encoder.encode(chat))
     answer = handler(params, context)
-    if inspect.isawaitable(answer):
+    if inspect.isasyncgen(answer):
+        answer = await (collect(answer) if context.stream is None else context.stream.relay(answer))
+    elif inspect.isawaitable(answer):
         answer = await answer
     reply = _as_message(answer)
     if reply is not _NOT_A_REPLY:

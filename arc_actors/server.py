@@ -35,6 +35,7 @@ from arc_actors.metrics import Metrics
 from arc_actors.pykka_engine import PykkaEngine
 from arc_actors.router import Router
 from arc_actors.store import Store
+from arc_actors.streaming import DEFAULT_KEEPALIVE_S
 from arc_actors.supervisor import RestartPolicy, Supervisor, hang_after_from_env
 
 H = TypeVar("H", bound=Handler)
@@ -82,6 +83,7 @@ class Server:
         metrics: bool = True,
         store: Store | str | Path | None = None,
         faults: FaultPlan | None = None,
+        stream_keepalive_s: float = DEFAULT_KEEPALIVE_S,
     ) -> None:
         """``restart_policy``, ``mailbox_size`` and ``request_timeout_s`` are the defaults for agents that
         bring none of their own; the policy's ``hang_after_s``, when unset, comes from
@@ -95,6 +97,8 @@ class Server:
         ``store`` keeps managed chats: a path is an SQLite file (opened when serving starts, closed when
         it stops), a :class:`~arc_actors.store.Store` is used as it is (its owner closes it), None keeps
         them in memory for as long as the server serves.
+        ``stream_keepalive_s`` is how long a streamed (SSE) answer may stay silent before a ``: keep-alive``
+        comment frame is sent.
         ``faults`` turns fault injection on and arms that plan (``FaultPlan()`` arms nothing, to arm
         faults later through :attr:`faults`). Unless injection is turned on before serving, handlers
         are never wrapped."""
@@ -117,6 +121,7 @@ class Server:
             max_params_bytes=max_params_bytes,
             max_header_bytes=max_header_bytes,
             reference_statuses=reference_statuses,
+            stream_keepalive_s=stream_keepalive_s,
         )
         self._check_settings()
         self._handlers: dict[str, dict[str, Handler]] = {}
