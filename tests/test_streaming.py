@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import aiohttp
 import pytest
 from conftest import envelope, post, run
 
-from arc_actors import Agent, Client, Server
+from arc_actors import Agent, Client, RestartPolicy, Server
 
 
 def said(text: str) -> dict:
@@ -52,6 +53,11 @@ class Streamer(Agent):
             yield "a"
             await asyncio.sleep(1.0)
             yield "b"
+            return
+        if text == "hang":
+            yield "stuck"
+            time.sleep(3.0)  # blocks the agent's thread: only the watchdog gets the caller an answer
+            yield "never sent"
             return
         if text == "endless":
             try:
@@ -137,6 +143,28 @@ def test_a_crash_mid_stream_ends_it_with_an_error_then_done_and_the_agent_is_res
     assert health["agents"]["streamer"]["restarts"] == 1
     assert after.endswith(done("chat-d"))
     assert after.count("event: stream") == 3
+
+
+def test_a_hang_mid_stream_is_answered_by_the_watchdog_with_an_error_then_done(serve):
+    server = Server(server_id="hangs", restart_policy=RestartPolicy(hang_after_s=0.5, backoff_initial_s=0.0))
+    server.add_agent(Streamer)
+    url = serve(server).url
+
+    async def hang_then_serve() -> tuple[str, dict, str]:
+        _, _, hung = await stream_raw(url, "chat.start", {"chatId": "chat-h", "initialMessage": said("hang")})
+        health = await Client(url).health()
+        _, _, after = await stream_raw(url, "chat.start", {"chatId": "chat-i", "initialMessage": said("hi")})
+        return hung, health, after
+
+    hung, health, after = run(hang_then_serve())
+    frames = [frame for frame in hung.split("\n\n") if frame]
+    assert len(frames) == 3
+    assert frames[0] + "\n\n" == delta("chat-h", "stuck")
+    assert json.loads(frames[1].split("data: ", 1)[1])["error"]["code"] == -41006
+    assert frames[2] + "\n\n" == done("chat-h", "ERROR")
+    assert health["agents"]["streamer"]["restarts"] == 1
+    assert after.count("event: stream") == 3
+    assert after.endswith(done("chat-i"))
 
 
 def test_a_client_that_disconnects_cancels_the_generator_and_frees_the_agent(streamer_url):
