@@ -9,6 +9,7 @@ are asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,21 +192,25 @@ class Gateway:
         try:
             streamed = await self._relay_deltas(http_request, response, sink, chat_id)
             outcome = answer.result()
-            if type(outcome) is ErrorObject:
-                error_frame = {"chatId": chat_id, "error": {"code": outcome.code, "message": outcome.message}}
-                await response.write(_frame("error", error_frame))
-            elif not streamed and (message := _reply_message(outcome)) is not None:
-                await response.write(_frame("stream", {"chatId": chat_id, "message": message}))
-            status = "ERROR" if type(outcome) is ErrorObject else "ACTIVE"
-            done = {"chatId": chat_id, "status": status, "done": True, "requestId": request.id}
-            await response.write(_frame("done", done))
         except ConnectionError:
             sink.cancel()
             answer.cancel()
             return response
         except Exception as exc:  # noqa: BLE001 - the wire never sees a traceback
-            outcome = internal_error(exc, request.target_agent, request.trace_id, "the gateway")
+            outcome, streamed = internal_error(exc, request.target_agent, request.trace_id, "the gateway"), True
         response[ARC_OUTCOME] = outcome
+        failed = type(outcome) is ErrorObject
+        frames = []
+        if failed:
+            frames.append(
+                _frame("error", {"chatId": chat_id, "error": {"code": outcome.code, "message": outcome.message}})
+            )
+        elif not streamed and (message := _reply_message(outcome)) is not None:
+            frames.append(_frame("stream", {"chatId": chat_id, "message": message}))
+        done = {"chatId": chat_id, "status": "ERROR" if failed else "ACTIVE", "done": True, "requestId": request.id}
+        frames.append(_frame("done", done))
+        with contextlib.suppress(ConnectionError):  # a client gone at the very end misses only the end
+            await response.write(b"".join(frames))
         return response
 
     async def _relay_deltas(
