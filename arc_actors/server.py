@@ -146,6 +146,8 @@ class Server:
             raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s!r}")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+        if not self._config.stream_keepalive_s > 0:
+            raise ValueError(f"stream_keepalive_s must be > 0, got {self._config.stream_keepalive_s!r}")
         limits = ("max_body_bytes", "max_params_bytes", "max_params_depth", "max_header_bytes")
         for name in limits:
             if getattr(self._config, name) < 1:

@@ -239,3 +239,8 @@ def test_the_reference_client_reads_our_stream(streamer_url):
     assert [event["event"] for event in events] == ["stream", "stream", "stream", "done"]
     assert "".join(event["data"]["message"]["parts"][0]["content"] for event in events[:3]) == "Hello world"
     assert events[3]["data"]["status"] == "ACTIVE"
+
+
+def test_a_keep_alive_interval_that_is_not_positive_is_refused_when_the_server_is_made():
+    with pytest.raises(ValueError, match="stream_keepalive_s must be > 0, got 0"):
+        Server(stream_keepalive_s=0)
