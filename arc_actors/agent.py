@@ -28,6 +28,7 @@ from arc_actors.supervisor import RestartPolicy
 if TYPE_CHECKING:
     from arc_actors.auth import Identity
     from arc_actors.chats import Chat
+    from arc_actors.streaming import DeltaSink
     from arc_actors.tasks import TaskHandle
 
 _METHOD_BY_ATTRIBUTE = {method.replace(".", "_"): method for method in ARC_METHODS}
@@ -66,7 +67,9 @@ class Context:
     request from outside). ``chat`` is the :class:`~arc_actors.chats.Chat` a ``chat.*`` request belongs
     to, history included, when the runtime manages the agent's chats, else None. ``task`` is the
     :class:`~arc_actors.tasks.TaskHandle` of the task a managed ``task_create``/``task_send`` runs
-    (progress, messages, artifacts, cancellation), else None.
+    (progress, messages, artifacts, cancellation), else None. ``stream`` is the
+    :class:`~arc_actors.streaming.DeltaSink` of a request answered as SSE (``params.stream: true``),
+    else None; the runtime uses it, a handler streams by being an async generator.
     """
 
     __slots__ = (
@@ -77,12 +80,24 @@ class Context:
         "method",
         "request_agent",
         "request_id",
+        "stream",
         "target_agent",
         "task",
         "trace_id",
     )
     _KEYS = frozenset(
-        ("auth", "call_chain", "chat", "method", "request_agent", "request_id", "target_agent", "task", "trace_id")
+        (
+            "auth",
+            "call_chain",
+            "chat",
+            "method",
+            "request_agent",
+            "request_id",
+            "stream",
+            "target_agent",
+            "task",
+            "trace_id",
+        )
     )
 
     def __init__(
@@ -95,6 +110,7 @@ class Context:
         auth: Identity | None = None,
         call_chain: tuple[str, ...] = (),
         caller: AgentCaller | None = None,
+        stream: DeltaSink | None = None,
     ) -> None:
         self.request_id = request_id
         self.method = method
@@ -104,6 +120,7 @@ class Context:
         self.auth = auth
         self.call_chain = call_chain
         self._caller = caller
+        self.stream = stream
         self.chat: Chat | None = None
         self.task: TaskHandle | None = None
 

@@ -16,6 +16,9 @@ string, a Message dict ``{role, parts}``, a list of parts, or None for no messag
 chat result built for it; any other dict (such as the seed's full ``{"type": "chat", ...}`` results)
 is answered unchanged, and the chat is still recorded, under the ``chatId`` of that result's ``chat``
 when it has one. A handler that raises records nothing.
+
+A handler may also be an async generator of ``str`` deltas (:mod:`arc_actors.streaming`): its deltas
+joined are its reply, streamed as they come when the request asked for ``stream: true``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from arc_actors.agent import AgentSpec, Context, Handler
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ErrorCode
 from arc_actors.store import ServingStore, Store, record_key, utc_now
+from arc_actors.streaming import collect
 
 ACTIVE = "ACTIVE"
 CLOSED = "CLOSED"
@@ -76,6 +80,11 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Chat)
 
 
+def new_chat_id() -> str:
+    """A fresh chat id, for a ``chat.start`` that names none."""
+    return f"chat-{uuid.uuid4().hex[:12]}"
+
+
 class ChatBook:
     """The managed chats of one serving server, kept in its one :class:`~arc_actors.store.ServingStore`;
     every method runs in an agent's thread."""
@@ -112,7 +121,7 @@ class ChatBook:
             raise _in_use(requested)
         now = utc_now()
         chat = Chat(
-            chat_id=requested or f"chat-{uuid.uuid4().hex[:12]}",
+            chat_id=requested or new_chat_id(),
             agent_id=agent_id,
             status=ACTIVE,
             created_at=now,
@@ -184,7 +193,9 @@ async def _answer(
     the answer names."""
     context.chat = _decoder.decode(_encoder.encode(chat))
     answer = handler(params, context)
-    if inspect.isawaitable(answer):
+    if inspect.isasyncgen(answer):
+        answer = await (collect(answer) if context.stream is None else context.stream.relay(answer))
+    elif inspect.isawaitable(answer):
         answer = await answer
     reply = as_message(answer)
     if reply is not NOT_A_REPLY:

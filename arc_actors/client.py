@@ -4,6 +4,9 @@
 (``.result``, ``.error``, ``.trace_id``, and ``response["result"]`` too); an ARC error raises
 :class:`~arc_actors.exceptions.ARCError` with its code, message and details.
 
+With ``stream=True``, ``chat.start`` and ``chat.message`` return an async iterator of the SSE events
+instead, each ``{"event": "stream" | "error" | "done", "data": {...}}``, as the reference's do.
+
 Used as ``async with Client(url) as client:`` it keeps one connection pool; used bare, as the seed
 document does, each call opens and closes its own, so nothing is left unclosed.
 """
@@ -119,6 +122,42 @@ class Client:
         timeout: float | None = None,
     ) -> Response:
         """Send any ARC method to ``target_agent`` and return its response."""
+        payload = await self._post(self._envelope(method, target_agent, params, trace_id), timeout or self.timeout)
+        response = Response(payload)
+        if self.raise_errors and response.error:
+            _raise(response.error)
+        return response
+
+    async def stream(
+        self,
+        method: str,
+        target_agent: str,
+        params: dict[str, Any],
+        *,
+        trace_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Send ``method`` with ``stream: true`` and yield its SSE events, ``{"event", "data"}``, as they
+        arrive (keep-alive comments are skipped); the stream ends after ``done``. An ``error`` event is
+        yielded, not raised; a server that answers with an ARC envelope instead raises its error.
+        ``timeout`` bounds the silence between two frames, not the whole stream."""
+        body = self._envelope(method, target_agent, {**params, "stream": True}, trace_id)
+        read_timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout or self.timeout)
+        headers = {"Accept": "text/event-stream"}
+        async with self._session_for_call() as session:
+            try:
+                async with session.post(self.url, data=body, headers=headers, timeout=read_timeout) as reply:
+                    if reply.content_type != "text/event-stream":
+                        payload = msgspec.json.decode(await reply.read())
+                        _raise(payload.get("error") or {"message": f"HTTP {reply.status} without a stream"})
+                    async for event in _sse_events(reply.content):
+                        yield event
+            except TimeoutError as exc:
+                raise ARCError(ErrorCode.AGENT_TIMEOUT, f"{self.url} stream silent for {timeout} s") from exc
+            except aiohttp.ClientError as exc:
+                raise ARCError(ErrorCode.AGENT_UNREACHABLE, f"Cannot reach {self.url}: {exc}") from exc
+
+    def _envelope(self, method: str, target_agent: str, params: dict[str, Any], trace_id: str | None) -> bytes:
         envelope: dict[str, Any] = {
             "arc": ARC_VERSION,
             "id": uuid.uuid4().hex,
@@ -129,12 +168,7 @@ class Client:
         }
         if trace_id is not None:
             envelope["traceId"] = trace_id
-        payload = await self._post(encoder.encode(envelope), timeout or self.timeout)
-        response = Response(payload)
-        if self.raise_errors and response.error:
-            error = response.error
-            raise ARCError(error.get("code", ErrorCode.INTERNAL_ERROR), error.get("message", ""), error.get("details"))
-        return response
+        return encoder.encode(envelope)
 
     async def health(self) -> dict[str, Any]:
         """The server's ``GET /health`` document."""
@@ -181,6 +215,27 @@ class Client:
             yield session
 
 
+def _raise(error: dict[str, Any]) -> None:
+    raise ARCError(error.get("code", ErrorCode.INTERNAL_ERROR), error.get("message", ""), error.get("details"))
+
+
+async def _sse_events(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
+    """The events of an SSE body: frames end at a blank line; comment lines are skipped."""
+    event: str | None = None
+    data: list[str] = []
+    async for raw in content:
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("event:"):
+            event = line[len("event:") :].strip()
+        elif line.startswith("data:"):
+            data.append(line[len("data:") :].strip())
+        elif not line and event is not None and data:
+            yield {"event": event, "data": msgspec.json.decode("\n".join(data))}
+            if event == "done":
+                return
+            event, data = None, []
+
+
 def _params(**fields: Any) -> dict[str, Any]:
     """Wire params from keyword arguments, leaving out the ones not given."""
     return {name: value for name, value in fields.items() if value is not None}
@@ -200,9 +255,11 @@ class ChatMethods:
         metadata: dict[str, Any] | None = None,
         trace_id: str | None = None,
         timeout: float | None = None,
-    ) -> Response:
+        stream: bool = False,
+    ) -> Response | AsyncIterator[dict[str, Any]]:
+        """Start a chat; with ``stream=True``, an async iterator of its reply's SSE events."""
         params = _params(initialMessage=initial_message, chatId=chat_id, metadata=metadata)
-        return await self._client.call("chat.start", target_agent, params, trace_id=trace_id, timeout=timeout)
+        return await self._send("chat.start", target_agent, params, trace_id, timeout, stream)
 
     async def message(
         self,
@@ -211,9 +268,24 @@ class ChatMethods:
         message: dict[str, Any],
         trace_id: str | None = None,
         timeout: float | None = None,
-    ) -> Response:
+        stream: bool = False,
+    ) -> Response | AsyncIterator[dict[str, Any]]:
+        """Send a message in a chat; with ``stream=True``, an async iterator of its reply's SSE events."""
         params = _params(chatId=chat_id, message=message)
-        return await self._client.call("chat.message", target_agent, params, trace_id=trace_id, timeout=timeout)
+        return await self._send("chat.message", target_agent, params, trace_id, timeout, stream)
+
+    async def _send(
+        self,
+        method: str,
+        target_agent: str,
+        params: dict[str, Any],
+        trace_id: str | None,
+        timeout: float | None,
+        stream: bool,
+    ) -> Response | AsyncIterator[dict[str, Any]]:
+        if stream:
+            return self._client.stream(method, target_agent, params, trace_id=trace_id, timeout=timeout)
+        return await self._client.call(method, target_agent, params, trace_id=trace_id, timeout=timeout)
 
     async def end(
         self,

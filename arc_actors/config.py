@@ -53,6 +53,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     request_timeout_s: float | msgspec.UnsetType = UNSET
     drain_timeout_s: float | msgspec.UnsetType = UNSET
     metrics: bool | msgspec.UnsetType = UNSET
+    stream_keepalive_s: float | msgspec.UnsetType = UNSET
     state_path: str | msgspec.UnsetType = UNSET
     restart_policy: RestartPolicy | msgspec.UnsetType = UNSET
 

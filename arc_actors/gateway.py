@@ -8,6 +8,8 @@ are asked for.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +17,7 @@ import msgspec
 from aiohttp import web
 
 from arc_actors.auth import Authenticator, AuthFailure, Identity
+from arc_actors.chats import new_chat_id
 from arc_actors.engine import AgentState
 from arc_actors.exceptions import internal_error
 from arc_actors.protocol import (
@@ -32,6 +35,7 @@ from arc_actors.protocol import (
     error,
 )
 from arc_actors.router import Router
+from arc_actors.streaming import DEFAULT_KEEPALIVE_S, DeltaSink
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_PARAMS_DEPTH = 32
@@ -39,6 +43,10 @@ DEFAULT_MAX_PARAMS_BYTES = 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 8190
 
 ARC_PATH = "/arc"
+STREAMED_METHODS = frozenset(("chat.start", "chat.message"))
+"""The methods answered as SSE when their params say ``stream: true``."""
+DISCONNECT_POLL_S = 0.25
+"""How often a silent stream checks whether its client is still there."""
 ARC_CALL = web.RequestKey("arc_call", ARCRequest)
 """Where an ``/arc`` request carries its decoded envelope, for middlewares (metrics) to read."""
 ARC_OUTCOME = web.ResponseKey("arc_outcome", Outcome)
@@ -72,6 +80,7 @@ class GatewayConfig:
     max_params_bytes: int = DEFAULT_MAX_PARAMS_BYTES
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     reference_statuses: bool = False
+    stream_keepalive_s: float = DEFAULT_KEEPALIVE_S
 
 
 class _EnvelopeIds(msgspec.Struct, rename="camel"):
@@ -150,6 +159,8 @@ class Gateway:
                 f"Invalid params: nested deeper than {limit} levels",
                 {"maxDepth": limit},
             )
+        if request.method in STREAMED_METHODS and request.params.get("stream") is True:
+            return await self._stream(http_request, request, identity)
         try:
             outcome = await self._router.dispatch(request, identity)
         except Exception as exc:  # noqa: BLE001 - the wire never sees a traceback
@@ -162,6 +173,75 @@ class Gateway:
             target_agent=request.request_agent,
             trace_id=request.trace_id,
         )
+
+    async def _stream(
+        self, http_request: web.Request, request: ARCRequest, identity: Identity | None
+    ) -> web.StreamResponse:
+        """Answer a ``stream: true`` chat request as SSE: a ``stream`` frame per delta as the agent makes
+        it (or one of the whole reply, for a handler that does not stream), ``: keep-alive`` comments
+        while it is silent, an ``error`` frame for an ARC error, and ``done`` last. A ``chat.start``
+        without a ``chatId`` gets one here, so that every frame can name it."""
+        if request.method == "chat.start" and not isinstance(request.params.get("chatId"), str):
+            request = msgspec.structs.replace(request, params={**request.params, "chatId": new_chat_id()})
+        chat_id = request.params.get("chatId")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(http_request)
+        sink = DeltaSink()
+        answer = asyncio.ensure_future(self._router.dispatch(request, identity, stream=sink))
+        answer.add_done_callback(lambda _: sink.deltas.put_nowait(None))
+        try:
+            streamed = await self._relay_deltas(http_request, response, sink, chat_id)
+            outcome = answer.result()
+        except ConnectionError:
+            sink.cancel()
+            answer.cancel()
+            return response
+        except Exception as exc:  # noqa: BLE001 - the wire never sees a traceback
+            outcome, streamed = internal_error(exc, request.target_agent, request.trace_id, "the gateway"), True
+        response[ARC_OUTCOME] = outcome
+        failed = type(outcome) is ErrorObject
+        frames = []
+        if failed:
+            frames.append(
+                _frame("error", {"chatId": chat_id, "error": {"code": outcome.code, "message": outcome.message}})
+            )
+        elif not streamed and (message := _reply_message(outcome)) is not None:
+            frames.append(_frame("stream", {"chatId": chat_id, "message": message}))
+        done = {"chatId": chat_id, "status": "ERROR" if failed else "ACTIVE", "done": True, "requestId": request.id}
+        frames.append(_frame("done", done))
+        with contextlib.suppress(ConnectionError):  # a client gone at the very end misses only the end
+            await response.write(b"".join(frames))
+        return response
+
+    async def _relay_deltas(
+        self, http_request: web.Request, response: web.StreamResponse, sink: DeltaSink, chat_id: Any
+    ) -> bool:
+        """Write the deltas as ``stream`` frames until the answer is in; returns whether any was
+        written. A client found gone raises ``ConnectionError``."""
+        keepalive_s = self._config.stream_keepalive_s
+        loop = asyncio.get_running_loop()
+        last_write, streamed = loop.time(), False
+        getter = asyncio.ensure_future(sink.deltas.get())
+        try:
+            while True:
+                await asyncio.wait({getter}, timeout=min(keepalive_s, DISCONNECT_POLL_S))
+                if not getter.done():
+                    transport = http_request.transport
+                    if transport is None or transport.is_closing():
+                        raise ConnectionResetError("the client of a stream disconnected")
+                    if loop.time() - last_write >= keepalive_s:
+                        await response.write(b": keep-alive\n\n")
+                        last_write = loop.time()
+                    continue
+                delta = getter.result()
+                if delta is None:
+                    return streamed
+                getter = asyncio.ensure_future(sink.deltas.get())
+                message = {"role": "agent", "parts": [{"type": "TextPart", "content": delta}]}
+                await response.write(_frame("stream", {"chatId": chat_id, "message": message}))
+                last_write, streamed = loop.time(), True
+        finally:
+            getter.cancel()
 
     async def handle_wrong_http_method(self, http_request: web.Request) -> web.Response:
         outcome = error(ErrorCode.INVALID_REQUEST, f"Use POST for /arc, not {http_request.method}")
@@ -287,6 +367,19 @@ def _invalid_request_message(exc: msgspec.ValidationError) -> str:
     if text.startswith(prefix) and text.endswith("`"):
         return f"Missing required field: {text[len(prefix) : -1]}"
     return f"Invalid request: {text}"
+
+
+def _frame(event: str, data: dict[str, Any]) -> bytes:
+    """One SSE frame: ``event: NAME``, one line of JSON data, a blank line."""
+    return b"event: " + event.encode() + b"\ndata: " + encoder.encode(data) + b"\n\n"
+
+
+def _reply_message(outcome: Outcome) -> dict[str, Any] | None:
+    """The ``chat.message`` of a chat result, the whole reply of a handler that did not stream."""
+    result = msgspec.json.decode(outcome)
+    chat = result.get("chat") if isinstance(result, dict) else None
+    message = chat.get("message") if isinstance(chat, dict) else None
+    return message if isinstance(message, dict) else None
 
 
 def _json(payload: dict[str, Any]) -> web.Response:

@@ -16,6 +16,7 @@ from arc_actors.protocol import ARC_VERSION, ARCRequest, ErrorCode, Outcome, err
 
 if TYPE_CHECKING:
     from arc_actors.auth import Identity
+    from arc_actors.streaming import DeltaSink
 
 MAX_CALL_DEPTH = 8
 """How many agents one request may pass through by ``Context.call`` before a further call is refused."""
@@ -57,10 +58,15 @@ class Router:
         self._engine.restart(agent_id)
 
     async def dispatch(
-        self, request: ARCRequest, auth: Identity | None = None, call_chain: tuple[str, ...] = ()
+        self,
+        request: ARCRequest,
+        auth: Identity | None = None,
+        call_chain: tuple[str, ...] = (),
+        stream: DeltaSink | None = None,
     ) -> Outcome:
-        """The outcome of one valid request; ``auth`` is the caller's identity, when auth is on, and
-        ``call_chain`` the agents whose calls led to it."""
+        """The outcome of one valid request; ``auth`` is the caller's identity, when auth is on,
+        ``call_chain`` the agents whose calls led to it, and ``stream`` where a streamed reply's deltas
+        go as they are made."""
         methods = self._methods.get(request.target_agent)
         if methods is None:
             return self._agent_not_found(request.target_agent)
@@ -82,6 +88,7 @@ class Router:
             auth,
             call_chain,
             self,
+            stream,
         )
         return await self._engine.ask(request.target_agent, request.method, request.params, context)
 

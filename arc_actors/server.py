@@ -8,6 +8,7 @@ however declared, becomes one actor.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from arc_actors.agent import Agent, AgentSpec, Handler
 from arc_actors.auth import AuthConfig, Authenticator
 from arc_actors.chats import ChatBook
 from arc_actors.config import UNSET, ConfigError, Settings
+from arc_actors.engine import AgentState
 from arc_actors.faults import FaultInjector, FaultPlan
 from arc_actors.gateway import (
     DEFAULT_MAX_BODY_BYTES,
@@ -35,6 +37,7 @@ from arc_actors.metrics import Metrics
 from arc_actors.pykka_engine import PykkaEngine
 from arc_actors.router import Router
 from arc_actors.store import ServingStore, Store
+from arc_actors.streaming import DEFAULT_KEEPALIVE_S
 from arc_actors.supervisor import RestartPolicy, Supervisor, hang_after_from_env
 from arc_actors.tasks import TaskBook
 
@@ -44,6 +47,8 @@ DRAIN_TIMEOUT_S = 5.0
 """How long a stopping server lets agents finish the requests already queued or running."""
 STOP_TIMEOUT_S = 1.0
 """How long, after the drain, a stopping server waits for agents' threads to end (a hung one never does)."""
+AGENT_START_WAIT_S = 10.0
+"""How long a starting server waits for its agents' first instances (``on_start``) before it listens."""
 DEFAULT_MAILBOX_SIZE = 1000
 """How many requests may wait for an agent before more are refused -44007 (backpressure)."""
 
@@ -59,6 +64,18 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+async def _agents_started(router: Router, timeout_s: float) -> list[str]:
+    """Wait until no agent is still making its first instance; returns the ids still starting at the
+    deadline. Requests would queue meanwhile anyway, but ``/health`` then says ``healthy`` from the first
+    answer on."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        starting = [agent_id for agent_id in router.agent_ids if router.status(agent_id).state is AgentState.STARTING]
+        if not starting or time.monotonic() > deadline:
+            return starting
+        await asyncio.sleep(0.01)
 
 
 class Server:
@@ -83,6 +100,7 @@ class Server:
         metrics: bool = True,
         store: Store | str | Path | None = None,
         faults: FaultPlan | None = None,
+        stream_keepalive_s: float = DEFAULT_KEEPALIVE_S,
     ) -> None:
         """``restart_policy``, ``mailbox_size`` and ``request_timeout_s`` are the defaults for agents that
         bring none of their own; the policy's ``hang_after_s``, when unset, comes from
@@ -96,6 +114,8 @@ class Server:
         ``store`` keeps managed chats and tasks: a path is an SQLite file (opened when serving starts, closed when
         it stops), a :class:`~arc_actors.store.Store` is used as it is (its owner closes it), None keeps
         them in memory for as long as the server serves.
+        ``stream_keepalive_s`` is how long a streamed (SSE) answer may stay silent before a ``: keep-alive``
+        comment frame is sent.
         ``faults`` turns fault injection on and arms that plan (``FaultPlan()`` arms nothing, to arm
         faults later through :attr:`faults`). Unless injection is turned on before serving, handlers
         are never wrapped."""
@@ -118,6 +138,7 @@ class Server:
             max_params_bytes=max_params_bytes,
             max_header_bytes=max_header_bytes,
             reference_statuses=reference_statuses,
+            stream_keepalive_s=stream_keepalive_s,
         )
         self._check_settings()
         self._handlers: dict[str, dict[str, Handler]] = {}
@@ -142,6 +163,8 @@ class Server:
             raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s!r}")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+        if not self._config.stream_keepalive_s > 0:
+            raise ValueError(f"stream_keepalive_s must be > 0, got {self._config.stream_keepalive_s!r}")
         limits = ("max_body_bytes", "max_params_bytes", "max_params_depth", "max_header_bytes")
         for name in limits:
             if getattr(self._config, name) < 1:
@@ -164,6 +187,7 @@ class Server:
             "max_params_depth",
             "max_header_bytes",
             "reference_statuses",
+            "stream_keepalive_s",
         )
         changes = {name: getattr(server, name) for name in gateway_fields if getattr(server, name) is not UNSET}
         self._config = replace(self._config, **changes)
@@ -299,8 +323,11 @@ class Server:
             await loop.run_in_executor(None, store.open)
             router.start()
             self._router = router
-            logger.info("{} agents started: {}", len(specs), ", ".join(router.agent_ids))
             watchdog = asyncio.create_task(engine.watch_for_hangs())
+            starting = await _agents_started(router, AGENT_START_WAIT_S)
+            if starting:
+                logger.warning("still starting after {} s, serving anyway: {}", AGENT_START_WAIT_S, ", ".join(starting))
+            logger.info("{} agents started: {}", len(specs), ", ".join(router.agent_ids))
             yield
             watchdog.cancel()
             self._router = None

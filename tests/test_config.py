@@ -185,3 +185,24 @@ def test_bad_auth_config_is_a_config_error(tmp_path):
     server.agent_handler("a", "work.run")(lambda params, context: 1)
     with pytest.raises(ConfigError, match=r"\[auth\]: auth is enabled but has neither static tokens nor jwt"):
         server.configure(load_settings(config, environ={}))
+
+
+def test_every_server_setting_reaches_the_server():
+    values = {
+        "max_body_bytes": 1000,
+        "max_params_bytes": 500,
+        "max_params_depth": 5,
+        "max_header_bytes": 4000,
+        "reference_statuses": True,
+        "mailbox_size": 9,
+        "request_timeout_s": 2.5,
+        "drain_timeout_s": 1.5,
+        "metrics": False,
+        "stream_keepalive_s": 0.5,
+    }
+    server = Server(server_id="all-settings")
+    server.agent_handler("a", "work.run")(lambda params, context: 1)
+    server.configure(load_settings(environ={f"ARC_{name.upper()}": str(value) for name, value in values.items()}))
+    for name, value in values.items():
+        holder = server if hasattr(server, name) else server._config
+        assert getattr(holder, name) == value, name

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import envelope, post, post_raw, run
 
-from arc_actors import Client
+from arc_actors import Client, Server
 from arc_actors.testing import serving
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -139,3 +139,22 @@ def test_readme_managed_tasks_example_reports_asks_and_completes():
     assert [artifact["name"] for artifact in asked["artifacts"]] == ["report"]
     assert done["status"] == "COMPLETED"
     assert done["messages"][-1]["parts"] == [{"type": "TextPart", "content": "Sent to the board."}]
+
+
+def test_readme_streaming_example_streams_its_words():
+    source = re.search(r"```python\n(from arc_actors import Agent\n\n\nclass Writer.*?)```", README.read_text(), re.S)
+    namespace: dict = {"__name__": "readme_streaming"}
+    exec(compile(source.group(1), "README.md", "exec"), namespace)
+    server = Server(server_id="readme-stream")
+    server.add_agent(namespace["Writer"])
+    message = {"role": "user", "parts": [{"type": "TextPart", "content": "a story"}]}
+
+    async def read() -> list[dict]:
+        async with Client(running.url) as client:
+            events = await client.chat.start(target_agent="writer", initial_message=message, stream=True)
+            return [event async for event in events]
+
+    with serving(server) as running:
+        events = run(read())
+    assert [event["event"] for event in events] == ["stream", "stream", "stream", "done"]
+    assert "".join(event["data"]["message"]["parts"][0]["content"] for event in events[:3]) == "Once upon a time"
