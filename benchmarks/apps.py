@@ -22,6 +22,8 @@ CHAT_RESULT: dict[str, Any] = {
     },
 }
 
+GIVING_UP_AGENT = "crashing-default-policy-agent"
+"""A crashing agent under the default policy: marked failed after 10 restarts, then answered -41002."""
 SCALE_AGENTS_ENV = "ARC_BENCH_AGENTS"
 BLOCK_ENV = "ARC_BENCH_BLOCK_S"
 SLOW_HANDLER_S = 0.005
@@ -48,10 +50,13 @@ class SyncEchoAgent(Agent):
 
 
 class CrashingAgent(Agent):
-    """Crashes on every request; its policy restarts it every time, at once, so it never gives up."""
+    """Crashes on every request; its policy restarts it every time, at once, so it never gives up.
+    (``backoff_factor=1``: with 2, the 1,025th restart within the window overflows the backoff.)"""
 
     agent_id = "crashing-agent"
-    restart_policy = RestartPolicy(max_restarts=10**9, within_s=1, backoff_initial_s=0, backoff_jitter=0)
+    restart_policy = RestartPolicy(
+        max_restarts=10**9, within_s=1, backoff_initial_s=0, backoff_factor=1, backoff_jitter=0
+    )
 
     def chat_start(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
         raise RuntimeError("crash on purpose")
@@ -102,6 +107,7 @@ def neighbours() -> Server:
     server = Server(server_id="bench-server")
     for agent_class in (EchoAgent, CrashingAgent, BlockingAgent, SlowAgent, BurningAgent):
         server.add_agent(agent_class)
+    server.add_agent(CrashingAgent, agent_id=GIVING_UP_AGENT, policy=RestartPolicy())
     return server
 
 

@@ -190,9 +190,9 @@ class ServerProcess:
 
 
 @contextmanager
-def running(*launches: Launch) -> Iterator[list[ServerProcess]]:
+def running(*launches: Launch, grace_s: float = STOP_TIMEOUT_S) -> Iterator[list[ServerProcess]]:
     """Start every server at once, wait until each answers ``GET /health`` with 200, and always stop
-    them all on the way out: SIGTERM, then SIGKILL after a grace period."""
+    them all on the way out: SIGTERM, then SIGKILL after ``grace_s``."""
     servers: list[ServerProcess] = []
     try:
         servers += [ServerProcess.start(launch) for launch in launches]
@@ -202,7 +202,7 @@ def running(*launches: Launch) -> Iterator[list[ServerProcess]]:
     finally:
         for server in servers:
             server.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        deadline = time.monotonic() + grace_s
         for server in servers:
             try:
                 server.process.wait(max(0.0, deadline - time.monotonic()))

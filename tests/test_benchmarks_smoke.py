@@ -61,6 +61,7 @@ def test_isolation_runs_every_scenario_and_the_crashing_neighbour_really_crashes
     assert list(results) == [
         "alone",
         "crashing neighbour",
+        "crashing neighbour, default policy",
         "blocked neighbour",
         "flooded neighbour",
         "CPU-bound neighbour",
@@ -72,7 +73,10 @@ def test_isolation_runs_every_scenario_and_the_crashing_neighbour_really_crashes
     crashing = results["crashing neighbour"]
     assert crashing["health_after"]["crashing-agent"]["restarts"] > 0
     assert crashing["health_after"]["echo-agent"]["restarts"] == 0
-    assert set(document["targets"]) == {"crashing neighbour", "blocked neighbour"}
+    assert crashing["neighbour_answer_after"] == -32603
+    giving_up = results["crashing neighbour, default policy"]["health_after"]["crashing-default-policy-agent"]
+    assert giving_up["status"] in ("running", "restarting", "failed")
+    assert set(document["targets"]) == {"crashing neighbour", "crashing neighbour, default policy", "blocked neighbour"}
 
 
 def test_scale_measures_every_size_and_spreads_load_over_all_agents(tmp_path: Path) -> None:
