@@ -24,6 +24,8 @@ CHAT_RESULT: dict[str, Any] = {
 
 GIVING_UP_AGENT = "crashing-default-policy-agent"
 """A crashing agent under the default policy: marked failed after 10 restarts, then answered -41002."""
+BUSY_AGENT = "busy-echo-agent"
+"""A well-behaved neighbour: its load shows what any neighbour's traffic costs the shared gateway."""
 SCALE_AGENTS_ENV = "ARC_BENCH_AGENTS"
 BLOCK_ENV = "ARC_BENCH_BLOCK_S"
 SLOW_HANDLER_S = 0.005
@@ -108,6 +110,7 @@ def neighbours() -> Server:
     for agent_class in (EchoAgent, CrashingAgent, BlockingAgent, SlowAgent, BurningAgent):
         server.add_agent(agent_class)
     server.add_agent(CrashingAgent, agent_id=GIVING_UP_AGENT, policy=RestartPolicy())
+    server.add_agent(EchoAgent, agent_id=BUSY_AGENT)
     return server
 
 

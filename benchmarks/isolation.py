@@ -3,6 +3,8 @@
 One server (``benchmarks/apps.py:neighbours``) holds the healthy echo agent and its neighbours. The
 healthy agent takes c=64 while a second load generator keeps one neighbour busy:
 
+* busy: a well-behaved echo agent at c=8, which shows what a neighbour's traffic alone costs, since
+  every request crosses the one gateway event loop;
 * crashing: every request raises; its policy restarts it at once, every time (c=8 on it);
 * crashing under the default policy: restarted after a growing backoff, marked failed after 10 restarts
   within 60 s and from then on answered -41002 at once (c=8);
@@ -23,7 +25,7 @@ import time
 from typing import Any
 
 import harness
-from apps import BLOCK_ENV, GIVING_UP_AGENT
+from apps import BLOCK_ENV, BUSY_AGENT, GIVING_UP_AGENT
 from harness import LoadResult
 
 HEALTHY = "echo-agent"
@@ -31,6 +33,7 @@ HEALTHY_CONCURRENCY = 64
 ALONE = "alone"
 SCENARIOS: dict[str, tuple[str, int] | None] = {
     ALONE: None,
+    "busy neighbour": (BUSY_AGENT, 8),
     "crashing neighbour": ("crashing-agent", 8),
     "crashing neighbour, default policy": (GIVING_UP_AGENT, 8),
     "blocked neighbour": ("blocking-agent", 8),

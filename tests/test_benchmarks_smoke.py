@@ -60,6 +60,7 @@ def test_isolation_runs_every_scenario_and_the_crashing_neighbour_really_crashes
     results = document["results"]
     assert list(results) == [
         "alone",
+        "busy neighbour",
         "crashing neighbour",
         "crashing neighbour, default policy",
         "blocked neighbour",
