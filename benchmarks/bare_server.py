@@ -13,7 +13,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 from apps import CHAT_RESULT
-from harness import new_event_loop
+
+from arc_actors.server import new_event_loop  # the loop Server.run uses: uvloop where it is installed
 
 
 class Request(msgspec.Struct, rename="camel"):

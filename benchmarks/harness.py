@@ -1,7 +1,7 @@
 """What every benchmark shares: server processes pinned to one core, load from another, results.
 
 Load comes from a separate process on loopback, bounded in time: ``wrk`` when it is installed, else
-the aiohttp load generator below (``python benchmarks/harness.py load CONFIG_JSON``). With two or more
+the aiohttp load generator below (``python benchmarks/harness.py load CONFIG.json``). With two or more
 cores, servers run on core 0 and load generators on core 1 (``taskset``), so they never share a core.
 Every figure is the best of N rounds, and the sides compared alternate within each round.
 """
@@ -34,7 +34,8 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 REQUEST_TIMEOUT_S = 10.0
 WARM_UP_S, WARM_UP_CONCURRENCY = 1.0, 64
-SMOKE_CONCURRENCY = 64
+DURATION_S, ROUNDS = 5.0, 3
+SMOKE_DURATION_S, SMOKE_CONCURRENCY = 0.3, 64
 
 PORT = "{port}"
 """Stands for the server's port in a command line given to :func:`launch`."""
@@ -67,15 +68,16 @@ class Options:
     results: Path
 
 
-def parser(description: str, *, duration_s: float = 5.0) -> argparse.ArgumentParser:
+def parser(description: str) -> argparse.ArgumentParser:
     """The command line every benchmark script takes; a script may add its own arguments."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--smoke", action="store_true", help="a quick run to check the script works (CI)")
-    parser.add_argument("--duration", type=float, help=f"seconds per load run (default {duration_s}; smoke 0.3)")
+    parser.add_argument(
+        "--duration", type=float, help=f"seconds per load run (default {DURATION_S:g}; smoke {SMOKE_DURATION_S:g})"
+    )
     parser.add_argument("--rounds", type=int, help="rounds per side, the best one kept (default 3; smoke 1)")
     parser.add_argument("--tool", choices=["auto", "wrk", "aiohttp"], default="auto", help="load generator")
     parser.add_argument("--results", type=Path, default=BENCHMARKS / "results", help="where the JSON goes")
-    parser.set_defaults(default_duration_s=duration_s)
     return parser
 
 
@@ -88,8 +90,8 @@ def options(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
     elif tool == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not installed (Debian package 'wrk'); use --tool aiohttp")
     opts = Options(
-        duration_s=args.duration or (0.3 if args.smoke else args.default_duration_s),
-        rounds=args.rounds or (1 if args.smoke else 3),
+        duration_s=args.duration or (SMOKE_DURATION_S if args.smoke else DURATION_S),
+        rounds=args.rounds or (1 if args.smoke else ROUNDS),
         tool=tool,
         smoke=args.smoke,
         results=args.results,
@@ -423,15 +425,6 @@ async def _generate_load(url: str, bodies: list[str], concurrency: int, duration
     }
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed, else asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def alternate(rounds: int, sides: Sequence[str], run: Callable[[str], Any]) -> dict[str, list[Any]]:
     """Run every side once per round, in turn, reversing the order every other round so that neither
     side always runs first; returns each side's results in round order."""
@@ -516,6 +509,8 @@ def report(name: str, opts: Options, text: str, payload: dict[str, Any]) -> Path
 
 
 def _load_main(config_path: str) -> None:
+    from arc_actors.server import new_event_loop  # uvloop where it is installed, as the servers use
+
     config = json.loads(Path(config_path).read_text())
     loop = new_event_loop()
     try:
