@@ -1,0 +1,123 @@
+"""The agents the benchmarks serve, as APPs for ``python -m arc_actors serve benchmarks/apps.py:NAME``.
+
+Every agent answers chat.start with :data:`CHAT_RESULT`, the same bytes the bare server answers, so
+the only difference between the two is the runtime in between.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from arc_actors import Agent, RestartPolicy, Server
+
+CHAT_RESULT: dict[str, Any] = {
+    "type": "chat",
+    "chat": {
+        "chatId": "chat-1",
+        "status": "ACTIVE",
+        "message": {"role": "agent", "parts": [{"type": "text", "content": "hello"}]},
+    },
+}
+
+GIVING_UP_AGENT = "crashing-default-policy-agent"
+"""A crashing agent under the default policy: marked failed after 10 restarts, then answered -41002."""
+BUSY_AGENT = "busy-echo-agent"
+"""A well-behaved neighbour: its load shows what any neighbour's traffic costs the shared gateway."""
+SCALE_AGENTS_ENV = "ARC_BENCH_AGENTS"
+BLOCK_ENV = "ARC_BENCH_BLOCK_S"
+SLOW_HANDLER_S = 0.005
+"""The flooded neighbour's service time: 200 requests a second at most, far fewer than its flood."""
+BURN_S = 0.05
+
+
+class EchoAgent(Agent):
+    """Answers chat.start at once (``async def``, as the seed's and the demo's handlers are)."""
+
+    agent_id = "echo-agent"
+
+    async def chat_start(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
+        return CHAT_RESULT
+
+
+class SyncEchoAgent(Agent):
+    """The same answer from a plain ``def`` handler, which needs no event loop in the agent's thread."""
+
+    agent_id = "sync-echo-agent"
+
+    def chat_start(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
+        return CHAT_RESULT
+
+
+class CrashingAgent(Agent):
+    """Crashes on every request; its policy restarts it every time, at once, so it never gives up.
+    (``backoff_factor=1``: with 2, the 1,025th restart within the window overflows the backoff.)"""
+
+    agent_id = "crashing-agent"
+    restart_policy = RestartPolicy(
+        max_restarts=10**9, within_s=1, backoff_initial_s=0, backoff_factor=1, backoff_jitter=0
+    )
+
+    def chat_start(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
+        raise RuntimeError("crash on purpose")
+
+
+class BlockingAgent(Agent):
+    """Blocks its thread on every request, for ``ARC_BENCH_BLOCK_S`` seconds (default 3600)."""
+
+    agent_id = "blocking-agent"
+
+    def chat_start(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
+        threading.Event().wait(float(os.environ.get(BLOCK_ENV, "3600")))
+        return CHAT_RESULT
+
+
+class SlowAgent(Agent):
+    """Takes 5 ms per request without holding the GIL: flooded, its mailbox only grows."""
+
+    agent_id = "slow-agent"
+
+    def chat_start(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
+        time.sleep(SLOW_HANDLER_S)
+        return CHAT_RESULT
+
+
+class BurningAgent(Agent):
+    """Computes for 50 ms per request, holding the GIL but for the interpreter's switch interval."""
+
+    agent_id = "burning-agent"
+
+    def chat_start(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
+        deadline = time.perf_counter() + BURN_S
+        while time.perf_counter() < deadline:
+            pass
+        return CHAT_RESULT
+
+
+def echo_agents() -> Server:
+    """The gateway-overhead server: the async echo agent and its sync twin (each measured alone)."""
+    server = Server(server_id="bench-server")
+    server.add_agent(EchoAgent)
+    server.add_agent(SyncEchoAgent)
+    return server
+
+
+def neighbours() -> Server:
+    """The isolation server: one healthy agent and a neighbour for each kind of trouble."""
+    server = Server(server_id="bench-server")
+    for agent_class in (EchoAgent, CrashingAgent, BlockingAgent, SlowAgent, BurningAgent):
+        server.add_agent(agent_class)
+    server.add_agent(CrashingAgent, agent_id=GIVING_UP_AGENT, policy=RestartPolicy())
+    server.add_agent(EchoAgent, agent_id=BUSY_AGENT)
+    return server
+
+
+def many_agents(count: int | None = None) -> Server:
+    """``count`` echo agents (default: ``ARC_BENCH_AGENTS``) named ``agent-0``, ``agent-1``, ..."""
+    count = int(os.environ.get(SCALE_AGENTS_ENV, "100")) if count is None else count
+    server = Server(server_id="bench-server")
+    for number in range(count):
+        server.add_agent(EchoAgent, agent_id=f"agent-{number}")
+    return server
