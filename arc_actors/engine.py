@@ -7,9 +7,10 @@ be replaced by a distributed one without touching them.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
+
+import msgspec
 
 from arc_actors.agent import AgentSpec, Context
 from arc_actors.protocol import Outcome
@@ -26,29 +27,17 @@ class AgentState(StrEnum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True)
-class AgentStatus:
-    """A snapshot of one agent, read without waiting on its actor."""
+class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of one agent, read without waiting on its actor; encoded as is into ``/health``
+    (``state`` under the key ``status``)."""
 
-    state: AgentState
+    state: AgentState = msgspec.field(name="status")
     restarts: int
     escalations: int
     mailbox: int
     busy: int
     uptime_s: float
     last_crash: dict[str, str] | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        """The ``/health`` form of this status."""
-        return {
-            "status": self.state.value,
-            "restarts": self.restarts,
-            "escalations": self.escalations,
-            "mailbox": self.mailbox,
-            "busy": self.busy,
-            "uptime_s": round(self.uptime_s, 3),
-            "last_crash": self.last_crash,
-        }
 
 
 class Engine(Protocol):

@@ -250,8 +250,8 @@ class Gateway:
         return response
 
     async def handle_health(self, http_request: web.Request) -> web.Response:
-        agents = {agent_id: self._router.status(agent_id).as_json() for agent_id in self._router.agent_ids}
-        healthy = all(agent["status"] == AgentState.RUNNING for agent in agents.values())
+        agents = {agent_id: self._router.status(agent_id) for agent_id in self._router.agent_ids}
+        healthy = all(status.state is AgentState.RUNNING for status in agents.values())
         health = {
             "status": "healthy" if healthy else "degraded",
             "server_id": self._config.server_id,

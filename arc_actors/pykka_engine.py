@@ -220,7 +220,7 @@ class AgentActor(pykka.ThreadingActor):
                 return
             worker.busy_since = worker.current = None
         # Decide and count the restart before answering, so /health agrees with what the caller saw.
-        delay_s = self._after_crash(crash) if crash is not None else None
+        delay_s = self._supervise(crash) if crash is not None else None
         message.reply(outcome)
         if crash is not None:
             self._release_agent()
@@ -241,7 +241,7 @@ class AgentActor(pykka.ThreadingActor):
                 return
             except BaseException as exc:  # noqa: BLE001 - whatever on_start raises stays in this agent
                 logger.bind(agent_id=self._cell.spec.agent_id).opt(exception=exc).error("agent failed to start")
-                next_delay_s = self._after_crash(exc)
+                next_delay_s = self._supervise(exc)
                 if next_delay_s is None:
                     return
                 delay_s = next_delay_s
@@ -273,6 +273,18 @@ class AgentActor(pykka.ThreadingActor):
             return exc.to_error_object(), None
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt stay in this agent
             return internal_error(exc, call.context.target_agent, call.context.trace_id, call.method), exc
+
+    def _supervise(self, exc: BaseException) -> float | None:
+        """``_after_crash``, but a failure of the supervision itself marks the agent failed rather than
+        leaving a dead worker that ``/health`` would still call running."""
+        try:
+            return self._after_crash(exc)
+        except Exception as bug:  # noqa: BLE001 - reported, and the agent is given up on visibly
+            logger.bind(agent_id=self._cell.spec.agent_id).opt(exception=bug).critical("supervision failed")
+            with self._cell.lock:
+                if not self._cell.failed:
+                    self._cell.fail()
+            return None
 
     def _after_crash(self, exc: BaseException) -> float | None:
         """Ask the supervisor; returns the restart delay, or None when this worker is done for."""
@@ -498,8 +510,8 @@ class PykkaEngine:
             state=cell.state,
             restarts=cell.restarts,
             escalations=cell.escalations,
-            mailbox=cell.mailbox.qsize(),
+            mailbox=len(cell.mailbox.queue),  # no lock: /health reads 10,000 of these at once
             busy=sum(worker.current is not None for worker in cell.workers),
-            uptime_s=time.monotonic() - cell.started_at,
+            uptime_s=round(time.monotonic() - cell.started_at, 3),
             last_crash=cell.last_crash,
         )

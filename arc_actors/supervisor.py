@@ -64,7 +64,11 @@ class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     def backoff_s(self, restart_number: int) -> float:
         """The jittered delay before the ``restart_number``-th restart (1-based) in the window."""
-        delay = min(self.backoff_max_s, self.backoff_initial_s * self.backoff_factor ** (restart_number - 1))
+        try:
+            grown = self.backoff_initial_s * self.backoff_factor ** (restart_number - 1)
+        except OverflowError:  # thousands of restarts in one window: long past the cap
+            grown = self.backoff_max_s
+        delay = min(self.backoff_max_s, grown)
         return delay * random.uniform(1 - self.backoff_jitter, 1 + self.backoff_jitter)
 
 

@@ -75,9 +75,10 @@ class BlockingAgent(Agent):
 
 
 class SlowAgent(Agent):
-    """Takes 5 ms per request without holding the GIL: flooded, its mailbox only grows."""
+    """Takes 5 ms per request without holding the GIL; flooded, it refuses what overflows its mailbox."""
 
     agent_id = "slow-agent"
+    mailbox_size = 64
 
     def chat_start(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
         time.sleep(SLOW_HANDLER_S)

@@ -9,8 +9,8 @@ healthy agent takes c=64 while a second load generator keeps one neighbour busy:
 * crashing under the default policy: restarted after a growing backoff, marked failed after 10 restarts
   within 60 s and from then on answered -41002 at once (c=8);
 * blocked: every request blocks its thread (c=8; they all queue behind the first);
-* flooded: 5 ms per request without the GIL, flooded at c=256, far past what it serves (arc_actors has
-  no mailbox bound yet, so its mailbox just grows);
+* flooded: 5 ms per request without the GIL, flooded at c=256, far past what it serves; its mailbox is
+  bounded at 64, so the overflow is refused -44007 at once;
 * CPU-bound: 50 ms of pure-Python computing per request (c=8), which holds the GIL: the one kind of
   neighbour threads cannot isolate.
 

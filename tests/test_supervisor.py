@@ -244,6 +244,7 @@ def test_policy_on_a_decorated_handler_applies_to_its_agent_and_two_policies_are
 def test_backoff_grows_by_its_factor_up_to_its_cap():
     policy = RestartPolicy(backoff_initial_s=0.1, backoff_factor=3, backoff_max_s=1, backoff_jitter=0)
     assert [policy.backoff_s(n) for n in range(1, 5)] == pytest.approx([0.1, 0.3, 0.9, 1.0])
+    assert policy.backoff_s(5000) == 1.0  # thousands of restarts in a window stay at the cap
     jittered = RestartPolicy(backoff_initial_s=1, backoff_jitter=0.2)
     assert all(0.8 <= jittered.backoff_s(1) <= 1.2 for _ in range(50))
 
