@@ -85,20 +85,8 @@ class Context:
         "task",
         "trace_id",
     )
-    _KEYS = frozenset(
-        (
-            "auth",
-            "call_chain",
-            "chat",
-            "method",
-            "request_agent",
-            "request_id",
-            "stream",
-            "target_agent",
-            "task",
-            "trace_id",
-        )
-    )
+    _KEYS = frozenset(name for name in __slots__ if not name.startswith("_"))
+    """What mapping-style access (``context["trace_id"]``) offers: every public attribute."""
 
     def __init__(
         self,
