@@ -15,7 +15,8 @@ The handler sees the chat, history included, as ``context.chat``. It may return 
 string, a Message dict ``{role, parts}``, a list of parts, or None for no message) and gets the ARC
 chat result built for it; any other dict (such as the seed's full ``{"type": "chat", ...}`` results)
 is answered unchanged, and the chat is still recorded, under the ``chatId`` of that result's ``chat``
-when it has one. A handler that raises records nothing.
+when it has one (an id of the handler's own choice that names a recorded chat starts that record
+afresh). A handler that raises records nothing.
 
 A handler may also be an async generator of ``str`` deltas (:mod:`arc_actors.streaming`): its deltas
 joined are its reply, streamed as they come when the request asked for ``stream: true``.
@@ -24,8 +25,9 @@ joined are its reply, streamed as they come when the request asked for ``stream:
 from __future__ import annotations
 
 import inspect
+import secrets
 import threading
-import uuid
+from collections.abc import Awaitable, Generator
 from typing import Any
 
 import msgspec
@@ -82,7 +84,7 @@ _decoder = msgspec.json.Decoder(Chat)
 
 def new_chat_id() -> str:
     """A fresh chat id, for a ``chat.start`` that names none."""
-    return f"chat-{uuid.uuid4().hex[:12]}"
+    return f"chat-{secrets.token_hex(6)}"
 
 
 class ChatBook:
@@ -110,12 +112,16 @@ class ChatBook:
         if lifecycle is None:
             return handler
 
-        async def managed(params: dict[str, Any], context: Context) -> Any:
-            return await lifecycle(handler, params, context)
+        def managed(params: dict[str, Any], context: Context) -> Any:
+            return _drive(lifecycle(params, context), handler, context)
 
         return managed
 
-    async def _start(self, handler: Handler, params: dict[str, Any], context: Context) -> Any:
+    # Each lifecycle is a generator: it yields the params and chat the handler is to see, is sent the
+    # handler's answer, and returns the ARC result. _drive runs the handler in between, without an event
+    # loop when the handler is a plain function (most of them; a loop costs some 30 µs per request).
+
+    def _start(self, params: dict[str, Any], context: Context) -> _Lifecycle:
         agent_id, requested = context.target_agent, params.get("chatId")
         if requested is not None and self.get(agent_id, requested) is not None:
             raise _in_use(requested)
@@ -130,20 +136,24 @@ class ChatBook:
             metadata=params.get("metadata") or {},
             messages=[params["initialMessage"]],
         )
-        result, reply, chat_id = await _answer(handler, {**params, "chatId": chat.chat_id}, context, chat)
+        result, reply, chat_id = yield {**params, "chatId": chat.chat_id}, chat
         with self._lock:
-            if self.get(agent_id, chat_id) is not None:  # the handler's own id, or another worker was first
+            if chat_id != chat.chat_id:  # a full result naming a chat id of the handler's own choice
+                if self.get(agent_id, chat_id) is not None:
+                    logger.bind(agent_id=agent_id, trace_id=context.trace_id).debug(
+                        "chat {} started again by its agent: its record starts afresh", chat_id
+                    )
+                chat.chat_id = chat_id
+            elif self.get(agent_id, chat_id) is not None:  # another worker started this id first
                 raise _in_use(chat_id)
-            chat.chat_id = chat_id
             _add_reply(chat, reply)
             self._save(chat)
-        logger.bind(agent_id=agent_id, trace_id=context.trace_id).debug("chat {} started", chat_id)
         return chat.result(reply) if result is None else result
 
-    async def _message(self, handler: Handler, params: dict[str, Any], context: Context) -> Any:
+    def _message(self, params: dict[str, Any], context: Context) -> _Lifecycle:
         chat = self._open_chat(context.target_agent, params["chatId"])
         chat.messages.append(params["message"])
-        result, reply, _ = await _answer(handler, params, context, chat)
+        result, reply, _ = yield params, chat
         with self._lock:
             chat = self._open_chat(context.target_agent, params["chatId"], closed_ok=True)
             chat.messages.append(params["message"])
@@ -151,11 +161,9 @@ class ChatBook:
             self._save(chat)
         return chat.result(reply) if result is None else result
 
-    async def _end(self, handler: Handler | None, params: dict[str, Any], context: Context) -> Any:
+    def _end(self, params: dict[str, Any], context: Context) -> _Lifecycle:
         chat = self._open_chat(context.target_agent, params["chatId"])
-        result, reply = None, None
-        if handler is not None:
-            result, reply, _ = await _answer(handler, params, context, chat)
+        result, reply, _ = yield params, chat
         with self._lock:
             chat = self._open_chat(context.target_agent, params["chatId"])
             _add_reply(chat, reply)
@@ -185,18 +193,42 @@ class ChatBook:
         return self._serving.store
 
 
-async def _answer(
-    handler: Handler, params: dict[str, Any], context: Context, chat: Chat
-) -> tuple[Any, dict[str, Any] | None, str]:
-    """Run the agent's handler with a copy of ``chat`` as ``context.chat``. Returns the result to pass
-    through unchanged (None when the runtime builds it), the reply message to record, and the chat id
-    the answer names."""
+_Answer = tuple[Any, dict[str, Any] | None, str]
+"""What a lifecycle is sent: the result to pass through unchanged (None when the runtime builds it),
+the reply message to record, and the chat id the answer names."""
+_Lifecycle = Generator[tuple[dict[str, Any], Chat], _Answer, Any]
+
+
+def _drive(lifecycle: _Lifecycle, handler: Handler | None, context: Context) -> Any:
+    """Run one lifecycle around ``handler`` (None: a ``chat.end`` the agent does not handle), with a
+    copy of the chat as ``context.chat``. Returns the result, or an awaitable of it when the handler's
+    answer has to be awaited or iterated."""
+    params, chat = next(lifecycle)
     context.chat = _decoder.decode(_encoder.encode(chat))
-    answer = handler(params, context)
+    answer = None if handler is None else handler(params, context)
     if inspect.isasyncgen(answer):
-        answer = await (collect(answer) if context.stream is None else context.stream.relay(answer))
-    elif inspect.isawaitable(answer):
-        answer = await answer
+        deltas = collect(answer) if context.stream is None else context.stream.relay(answer)
+        return _finish_later(lifecycle, chat, deltas)
+    if inspect.isawaitable(answer):
+        return _finish_later(lifecycle, chat, answer)
+    return _finish(lifecycle, chat, answer)
+
+
+async def _finish_later(lifecycle: _Lifecycle, chat: Chat, answer: Awaitable[Any]) -> Any:
+    return _finish(lifecycle, chat, await answer)
+
+
+def _finish(lifecycle: _Lifecycle, chat: Chat, answer: Any) -> Any:
+    try:
+        lifecycle.send(_interpret(answer, chat))
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("a chat lifecycle must end after the handler's answer")
+
+
+def _interpret(answer: Any, chat: Chat) -> _Answer:
+    """What ``answer`` means for ``chat``: a reply the runtime builds the result around, or a full
+    result passed through, recorded under the ``chatId`` of its ``chat`` when it names one."""
     reply = as_message(answer)
     if reply is not NOT_A_REPLY:
         return None, reply, chat.chat_id

@@ -20,12 +20,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 BENCHMARKS = Path(__file__).resolve().parent
 ROOT = BENCHMARKS.parent
@@ -314,12 +317,35 @@ def run_load(
     tool: str,
     server: ServerProcess | None = None,
 ) -> LoadResult:
-    """One load run; with ``server``, the CPU time that server process spent meanwhile comes with it."""
-    before = cpu_seconds(server.process.pid) if server is not None else 0.0
-    result = Load(url, bodies, concurrency, duration_s, tool).result()
+    """One load run; with ``server``, the CPU time that server process spent meanwhile comes with it,
+    and the ARC error answers it counted for the agents the bodies target (HTTP 200 answers that a load
+    generator counts as successes) are added to ``errors``."""
     if server is None:
-        return result
-    return replace(result, server_cpu_s=cpu_seconds(server.process.pid) - before)
+        return Load(url, bodies, concurrency, duration_s, tool).result()
+    agents = {json.loads(body)["targetAgent"] for body in bodies or ()}
+    errors_before, cpu_before = arc_error_answers(server, agents), cpu_seconds(server.process.pid)
+    result = Load(url, bodies, concurrency, duration_s, tool).result()
+    cpu_s = cpu_seconds(server.process.pid) - cpu_before
+    error_answers = arc_error_answers(server, agents) - errors_before
+    return replace(result, server_cpu_s=cpu_s, errors=result.errors + error_answers)
+
+
+def arc_error_answers(server: ServerProcess, agents: set[str]) -> int:
+    """How many ARC error answers ``server`` has given ``agents`` so far, by its ``/metrics``; 0 for a
+    server without them (the bare and reference servers, whose answers are all results)."""
+    if not agents:
+        return 0
+    try:
+        _, text = http_get(f"{server.base_url}/metrics")
+    except urllib.error.HTTPError:
+        return 0
+    return sum(
+        int(sample.value)
+        for family in text_string_to_metric_families(text.decode())
+        if family.name == "arc_requests"
+        for sample in family.samples
+        if sample.name == "arc_requests_total" and sample.labels["agent"] in agents and sample.labels["code"] != "ok"
+    )
 
 
 def cpu_seconds(pid: int) -> float:

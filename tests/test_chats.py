@@ -154,6 +154,18 @@ def test_a_seed_style_full_result_is_passed_through_and_the_chat_recorded_under_
     assert chat.status == "CLOSED"
 
 
+def test_a_full_result_naming_the_same_chat_id_again_is_passed_through_and_its_record_starts_afresh(serve):
+    full = {"type": "chat", "chat": {"chatId": "fixed", "status": "ACTIVE"}}
+    server = Server(server_id="fixed", store=(store := MemoryStore()))
+    server.agent_handler("fixed", "chat.start")(lambda params, context: full)
+    url = serve(server).url
+
+    answers = [run(post(url, envelope("fixed", "chat.start", {"initialMessage": said(text)}))) for text in "ab"]
+    assert [answer["result"] for answer in answers] == [full, full]
+    chat = msgspec.json.decode(store.load("chat", '["fixed","fixed"]'), type=Chat)
+    assert (texts(chat), chat.status) == (["b"], "ACTIVE")
+
+
 def test_starting_a_chat_with_an_id_in_use_is_refused_and_changes_nothing(serve):
     server = Server(server_id="chats")
     server.add_agent(Counter)
