@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
@@ -48,9 +50,9 @@ STREAMED_METHODS = frozenset(("chat.start", "chat.message"))
 DISCONNECT_POLL_S = 0.25
 """How often a silent stream checks whether its client is still there."""
 ARC_CALL = web.RequestKey("arc_call", ARCRequest)
-"""Where an ``/arc`` request carries its decoded envelope, for middlewares (metrics) to read."""
+"""Where an ``/arc`` request carries its decoded envelope."""
 ARC_OUTCOME = web.ResponseKey("arc_outcome", Outcome)
-"""Where every ``/arc`` answer carries its outcome, for middlewares (metrics) to read."""
+"""Where every ``/arc`` answer carries its outcome."""
 
 _REFERENCE_STATUSES = {
     ErrorCode.PARSE_ERROR: 400,
@@ -83,6 +85,21 @@ class GatewayConfig:
     stream_keepalive_s: float = DEFAULT_KEEPALIVE_S
 
 
+class ArcObserver(Protocol):
+    """Told of every ``/arc`` request as it comes and goes (metrics). Called by the gateway itself
+    rather than from an aiohttp middleware, which costs a coroutine and a URL parse per request."""
+
+    def arrived(self) -> None:
+        """A request came in."""
+
+    def left(self, call: ARCRequest | None, outcome: Outcome | None, elapsed_s: float) -> None:
+        """A request was answered with ``outcome`` (None: it was not, its client went away) after
+        ``elapsed_s`` seconds; ``call`` is its envelope, None when it could not be decoded."""
+
+
+ArcServe = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 class _EnvelopeIds(msgspec.Struct, rename="camel"):
     """The parts of an invalid request still worth echoing in its error response."""
 
@@ -98,10 +115,17 @@ class Gateway:
     """The aiohttp handlers, bound to one router and one configuration; with an ``authenticator``,
     ``/arc`` and ``/agent-info`` need a valid token and ``/health`` lists its agents only to one."""
 
-    def __init__(self, router: Router, config: GatewayConfig, authenticator: Authenticator | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        config: GatewayConfig,
+        authenticator: Authenticator | None = None,
+        observer: ArcObserver | None = None,
+    ) -> None:
         self._router = router
         self._config = config
         self._authenticator = authenticator
+        self._observer = observer
 
     def application(self) -> web.Application:
         """A new aiohttp application serving this gateway's routes."""
@@ -112,7 +136,28 @@ class Gateway:
         app.router.add_get("/agent-info", self.handle_agent_info)
         return app
 
-    async def handle_arc(self, http_request: web.Request) -> web.Response:
+    async def handle_arc(self, http_request: web.Request) -> web.StreamResponse:
+        return await self._observed(http_request, self._serve_arc)
+
+    async def handle_wrong_http_method(self, http_request: web.Request) -> web.StreamResponse:
+        return await self._observed(http_request, self._refuse_http_method)
+
+    async def _observed(self, http_request: web.Request, serve: ArcServe) -> web.StreamResponse:
+        """``serve(http_request)``, with the observer told of it."""
+        observer = self._observer
+        if observer is None:
+            return await serve(http_request)
+        started = time.perf_counter()
+        observer.arrived()
+        response = None
+        try:
+            response = await serve(http_request)
+        finally:
+            outcome = None if response is None else response.get(ARC_OUTCOME)
+            observer.left(http_request.get(ARC_CALL), outcome, time.perf_counter() - started)
+        return response
+
+    async def _serve_arc(self, http_request: web.Request) -> web.StreamResponse:
         body = await self._read_body(http_request)
         if isinstance(body, web.Response):
             return body
@@ -151,13 +196,14 @@ class Gateway:
                 f"Invalid ARC version: {request.arc!r}",
                 {"supportedVersion": ARC_VERSION},
             )
-        if deeper_than(request.params, self._config.max_params_depth):
-            limit = self._config.max_params_depth
+        # Each level of nesting opens a bracket: a body with few of them needs no walk of its params.
+        depth_limit = self._config.max_params_depth
+        if body.count(b"{") + body.count(b"[") > depth_limit and deeper_than(request.params, depth_limit):
             return self._reject(
                 body,
                 ErrorCode.INVALID_PARAMS,
-                f"Invalid params: nested deeper than {limit} levels",
-                {"maxDepth": limit},
+                f"Invalid params: nested deeper than {depth_limit} levels",
+                {"maxDepth": depth_limit},
             )
         if request.method in STREAMED_METHODS and request.params.get("stream") is True:
             return await self._stream(http_request, request, identity)
@@ -243,7 +289,7 @@ class Gateway:
         finally:
             getter.cancel()
 
-    async def handle_wrong_http_method(self, http_request: web.Request) -> web.Response:
+    async def _refuse_http_method(self, http_request: web.Request) -> web.Response:
         outcome = error(ErrorCode.INVALID_REQUEST, f"Use POST for /arc, not {http_request.method}")
         response = self._respond(outcome, http_status=405)
         response.headers["Allow"] = "POST"

@@ -222,6 +222,7 @@ class ParamsTooLarge(Exception):
 
 
 _wire_decoder = msgspec.json.Decoder(_WireRequest)
+_request_decoder = msgspec.json.Decoder(ARCRequest)
 _params_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -229,6 +230,8 @@ def decode_request(body: bytes, max_params_bytes: int) -> ARCRequest:
     """Decode and validate a request envelope; ``params`` over ``max_params_bytes`` raises
     :class:`ParamsTooLarge` before it is decoded. Invalid input raises msgspec's errors, whose message
     names the field path."""
+    if len(body) <= max_params_bytes:  # params cannot be over the limit: decode it all in one pass
+        return _request_decoder.decode(body)
     wire = _wire_decoder.decode(body)
     if len(wire.params) > max_params_bytes:
         raise ParamsTooLarge(len(wire.params))

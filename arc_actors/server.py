@@ -314,9 +314,10 @@ class Server:
         router = Router(specs, tasks.front(engine))
         if self._authenticator is not None:
             self._authenticator.check_agents(router.agent_ids)
-        app = Gateway(router, self._config, self._authenticator).application()
-        if self.metrics:
-            Metrics(router).install(app)
+        metrics = Metrics(router) if self.metrics else None
+        app = Gateway(router, self._config, self._authenticator, metrics).application()
+        if metrics is not None:
+            metrics.install(app)
 
         async def actors(_: web.Application) -> AsyncIterator[None]:
             loop = asyncio.get_running_loop()

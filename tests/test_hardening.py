@@ -208,6 +208,12 @@ def test_params_nested_deeper_than_the_limit_are_refused_before_reaching_the_age
     assert deep["error"]["details"] == {"maxDepth": 32}
     assert deep["id"] == "req-1"
     assert run(post(echo_url, envelope(params=nested(32))))["error"] is None
+    arrays: list = []
+    for _ in range(31):
+        arrays = [arrays]
+    assert run(post(echo_url, envelope(params={"a": [arrays]})))["error"]["details"] == {"maxDepth": 32}
+    brackets_in_text = {"text": "{[" * 100}
+    assert run(post(echo_url, envelope(params=brackets_in_text)))["error"] is None
 
 
 class Recording(Agent):
