@@ -139,11 +139,7 @@ class ChatBook:
         result, reply, chat_id = yield {**params, "chatId": chat.chat_id}, chat
         with self._lock:
             if chat_id != chat.chat_id:  # a full result naming a chat id of the handler's own choice
-                if self.get(agent_id, chat_id) is not None:
-                    logger.bind(agent_id=agent_id, trace_id=context.trace_id).debug(
-                        "chat {} started again by its agent: its record starts afresh", chat_id
-                    )
-                chat.chat_id = chat_id
+                chat.chat_id = chat_id  # (one it named before starts its record afresh)
             elif self.get(agent_id, chat_id) is not None:  # another worker started this id first
                 raise _in_use(chat_id)
             _add_reply(chat, reply)
@@ -199,6 +195,10 @@ the reply message to record, and the chat id the answer names."""
 _Lifecycle = Generator[tuple[dict[str, Any], Chat], _Answer, Any]
 
 
+_PLAIN_ANSWERS = frozenset((str, dict, list, type(None)))
+"""Answers that are neither awaited nor iterated: checked first, the ABC checks cost more."""
+
+
 def _drive(lifecycle: _Lifecycle, handler: Handler | None, context: Context) -> Any:
     """Run one lifecycle around ``handler`` (None: a ``chat.end`` the agent does not handle), with a
     copy of the chat as ``context.chat``. Returns the result, or an awaitable of it when the handler's
@@ -206,6 +206,8 @@ def _drive(lifecycle: _Lifecycle, handler: Handler | None, context: Context) -> 
     params, chat = next(lifecycle)
     context.chat = _decoder.decode(_encoder.encode(chat))
     answer = None if handler is None else handler(params, context)
+    if type(answer) in _PLAIN_ANSWERS:
+        return _finish(lifecycle, chat, answer)
     if inspect.isasyncgen(answer):
         deltas = collect(answer) if context.stream is None else context.stream.relay(answer)
         return _finish_later(lifecycle, chat, deltas)

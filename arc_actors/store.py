@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import UTC, datetime
+import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -138,6 +138,17 @@ def record_key(agent_id: str, record_id: str) -> str:
     return msgspec.json.encode([agent_id, record_id]).decode()
 
 
+_second: tuple[int, str] = (0, "")
+"""The last whole second :func:`utc_now` formatted, and its text (swapped whole: thread-safe)."""
+
+
 def utc_now() -> str:
-    """Now, as records' timestamps are written: ISO 8601 in UTC to the millisecond, ending in ``Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now, as records' timestamps are written: ISO 8601 in UTC to the millisecond, ending in ``Z``.
+    Called a few times per chat request, so the seconds part is formatted once a second."""
+    global _second
+    now = time.time()
+    whole = int(now)
+    second = _second
+    if second[0] != whole:
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{second[1]}.{int((now - whole) * 1000):03d}Z"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
@@ -13,7 +15,7 @@ from conftest import arc_post, envelope, free_port, post, run, start, wait_healt
 
 from arc_actors import Agent, ARCError, Client, Server
 from arc_actors.chats import Chat
-from arc_actors.store import MemoryStore, SQLiteStore
+from arc_actors.store import MemoryStore, SQLiteStore, utc_now
 
 
 def said(text: str) -> dict:
@@ -283,3 +285,13 @@ def test_store_saves_replaces_and_loads_by_kind_and_key_from_many_threads(tmp_pa
         assert store.load("chat", "missing") is None
     finally:
         store.close()
+
+
+def test_record_timestamps_are_utc_iso_8601_to_the_millisecond():
+    for _ in range(3):
+        before = datetime.now(UTC) - timedelta(milliseconds=1)  # a stamp is cut to the millisecond
+        stamp = utc_now()
+        after = datetime.now(UTC)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
+        assert before <= datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= after
+        time.sleep(0.4)
