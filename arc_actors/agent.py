@@ -1,4 +1,4 @@
-"""How users write agents: an :class:`Agent` subclass, or plain handler functions.
+"""How users write agents: an ``Agent`` subclass, or plain handler functions.
 
 An agent never touches threads, mailboxes or HTTP. It is a plain object whose handler methods take
 ``(params, context)`` and return the ARC ``result``; the engine runs each agent instance inside its
@@ -38,7 +38,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handles(method: str) -> Callable[[F], F]:
-    """Mark an :class:`Agent` method as the handler of the ARC method ``method``."""
+    """Mark an ``Agent`` method as the handler of the ARC method ``method``."""
     if not isinstance(method, str) or not method:
         raise TypeError(f"handles() takes a non-empty method name, got {method!r}")
 
@@ -62,13 +62,13 @@ class Context:
 
     Attributes and, for code written against the reference SDK, mapping keys:
     ``request_id``, ``method``, ``request_agent``, ``target_agent``, ``trace_id``, ``auth``, ``chat``.
-    ``auth`` is the caller's :class:`~arc_actors.auth.Identity` (subject, scopes, claims) when the
+    ``auth`` is the caller's ``Identity`` (subject, scopes, claims) when the
     server checks tokens, else None. ``call_chain`` lists the agents whose calls led here (empty for a
-    request from outside). ``chat`` is the :class:`~arc_actors.chats.Chat` a ``chat.*`` request belongs
+    request from outside). ``chat`` is the ``Chat`` a ``chat.*`` request belongs
     to, history included, when the runtime manages the agent's chats, else None. ``task`` is the
-    :class:`~arc_actors.tasks.TaskHandle` of the task a managed ``task_create``/``task_send`` runs
+    ``TaskHandle`` of the task a managed ``task_create``/``task_send`` runs
     (progress, messages, artifacts, cancellation), else None. ``stream`` is the
-    :class:`~arc_actors.streaming.DeltaSink` of a request answered as SSE (``params.stream: true``),
+    ``DeltaSink`` of a request answered as SSE (``params.stream: true``),
     else None; the runtime uses it, a handler streams by being an async generator.
     """
 
@@ -117,7 +117,7 @@ class Context:
 
         The request carries this request's ``trace_id`` and comes from this agent. Its ARC error, or
         one of the runtime's (-41001 unknown agent, -41003 a call cycle such as a → b → a or a chain
-        deeper than 8), is raised as :class:`~arc_actors.exceptions.ARCError`. ``params`` are copied,
+        deeper than 8), is raised as ``ARCError``. ``params`` are copied,
         as a message should be, so the two agents never share mutable state."""
         if self._caller is None:
             raise RuntimeError("context.call works only inside a request served by a running server")
@@ -207,7 +207,7 @@ class FunctionAgent(Agent):
 
 HandlerWrap = Callable[[str, "Handler | None"], Handler]
 """``wrap(method, handler)``: the handler to use instead; ``handler`` is None for a method added by
-:meth:`AgentSpec.map_handlers` that the original agent does not answer."""
+``AgentSpec.map_handlers`` that the original agent does not answer."""
 
 
 class _MappedAgent(Agent):
@@ -276,7 +276,7 @@ class AgentSpec:
         mailbox_size: int | None = None,
         request_timeout_s: float | None = None,
     ) -> AgentSpec:
-        """The spec of an :class:`Agent` subclass, made with ``agent_class(*args, **kwargs)``;
+        """The spec of an ``Agent`` subclass, made with ``agent_class(*args, **kwargs)``;
         ``policy``, ``concurrency``, ``mailbox_size`` and ``request_timeout_s`` default to the class's
         attributes."""
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):

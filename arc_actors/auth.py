@@ -1,9 +1,9 @@
 """Who may call which agent: bearer tokens (static or JWT), ARC scopes per method, per-agent allow lists.
 
-Off by default. When on, the gateway asks :meth:`Authenticator.authenticate` about every ``POST /arc``
+Off by default. When on, the gateway asks ``Authenticator.authenticate`` about every ``POST /arc``
 request as soon as its envelope decodes, before the version check and before routing, so a caller
 without a valid token learns nothing about the agents behind the endpoint. The answer is an
-:class:`Identity`, which the handler sees as ``context.auth``, or an :class:`AuthFailure` the gateway
+``Identity``, which the handler sees as ``context.auth``, or an ``AuthFailure`` the gateway
 sends back as it is.
 
 Tokens never reach a log line, an error message or a ``repr``: failures are logged with their kind and
@@ -83,7 +83,7 @@ class JWTConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Authentication and authorization of ``POST /arc``; nothing is checked unless ``enabled``.
 
-    ``method_scopes`` is merged over :data:`DEFAULT_METHOD_SCOPES` (a method mapped to ``[]`` needs no
+    ``method_scopes`` is merged over ``DEFAULT_METHOD_SCOPES`` (a method mapped to ``[]`` needs no
     scope; a method in neither needs a valid token only). ``agent_allow`` maps an agent id to the only
     subjects that may call it; agents not listed take any authenticated caller. ``http_statuses``
     answers failures with HTTP 401/403; off, they come with the status of every other ARC error (200),
@@ -121,7 +121,7 @@ _INVALID_TOKEN = 'Bearer error="invalid_token"'  # noqa: S105 - a WWW-Authentica
 
 
 class Authenticator:
-    """Checks one request's ``Authorization`` header against an :class:`AuthConfig`.
+    """Checks one request's ``Authorization`` header against an ``AuthConfig``.
 
     Built once per server; a bad configuration (no token source, a missing key, PyJWT not installed)
     is a ``ValueError`` or ``RuntimeError`` here, not a refusal of every request later."""

@@ -152,7 +152,7 @@ class _Tally:
 
 
 def run_chaos(url: str, **options: Any) -> ChaosReport:
-    """Run a chaos run to its end and return its report; ``options`` are :func:`run_chaos_async`'s."""
+    """Run a chaos run to its end and return its report; ``options`` are ``run_chaos_async``'s."""
     return asyncio.run(run_chaos_async(url, **options))
 
 

@@ -2,7 +2,7 @@
 what it says.
 
 For every agent that answers ``chat.start``, the handlers of ``chat.start``, ``chat.message`` and
-``chat.end`` are wrapped (:meth:`~arc_actors.agent.AgentSpec.map_handlers`) so that, in the agent's
+``chat.end`` are wrapped (``map_handlers``) so that, in the agent's
 own thread, around its code:
 
 * ``chat.start`` creates the chat: its id is ``params.chatId`` or a generated one (passed to the
@@ -18,7 +18,7 @@ is answered unchanged, and the chat is still recorded, under the ``chatId`` of t
 when it has one (an id of the handler's own choice that names a recorded chat starts that record
 afresh). A handler that raises records nothing.
 
-A handler may also be an async generator of ``str`` deltas (:mod:`arc_actors.streaming`): its deltas
+A handler may also be an async generator of ``str`` deltas (``arc_actors.streaming``): its deltas
 joined are its reply, streamed as they come when the request asked for ``stream: true``.
 """
 
@@ -88,7 +88,7 @@ def new_chat_id() -> str:
 
 
 class ChatBook:
-    """The managed chats of one serving server, kept in its one :class:`~arc_actors.store.ServingStore`;
+    """The managed chats of one serving server, kept in its one ``ServingStore``;
     every method runs in an agent's thread."""
 
     def __init__(self, store: ServingStore) -> None:

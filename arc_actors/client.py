@@ -1,8 +1,8 @@
 """An ARC client on aiohttp, call-compatible with the reference SDK's ``Client``.
 
-``await client.chat.start(target_agent=..., initial_message=...)`` returns a :class:`Response`
+``await client.chat.start(target_agent=..., initial_message=...)`` returns a ``Response``
 (``.result``, ``.error``, ``.trace_id``, and ``response["result"]`` too); an ARC error raises
-:class:`~arc_actors.exceptions.ARCError` with its code, message and details.
+``ARCError`` with its code, message and details.
 
 With ``stream=True``, ``chat.start`` and ``chat.message`` return an async iterator of the SSE events
 instead, each ``{"event": "stream" | "error" | "done", "data": {...}}``, as the reference's do.

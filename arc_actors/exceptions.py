@@ -16,7 +16,7 @@ from arc_actors.protocol import ErrorCode, ErrorObject, as_details
 
 
 class ARCError(Exception):
-    """An ARC protocol error: an int ``code`` (see :class:`ErrorCode`), a ``message`` and ``details``."""
+    """An ARC protocol error: an int ``code`` (see ``ErrorCode``), a ``message`` and ``details``."""
 
     def __init__(self, code: int, message: str = "", details: dict[str, Any] | None = None) -> None:
         self.code = int(code)

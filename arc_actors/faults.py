@@ -1,7 +1,7 @@
 """Fault injection: crashes, hangs, latency and ARC errors, as data, applied around agents' handlers.
 
-A :class:`Fault` says what goes wrong and how often; a :class:`FaultPlan` says which faults each agent
-(or one method of an agent) suffers, under a seed. The server's :class:`FaultInjector` applies the plan
+A ``Fault`` says what goes wrong and how often; a ``FaultPlan`` says which faults each agent
+(or one method of an agent) suffers, under a seed. The server's ``FaultInjector`` applies the plan
 in the agent's own thread, before its handler runs, so a fault behaves exactly like the real thing:
 
 * ``crash``: the handler raises; the request is answered -32603 and the agent restarted.
@@ -72,7 +72,7 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
 
     ``hang`` and ``latency`` last ``duration_s``, or a uniform draw between ``duration_s`` and
     ``max_duration_s`` when that is set; ``error`` answers ARC error ``code``. The constructors
-    :meth:`crash`, :meth:`hang`, :meth:`latency` and :meth:`error` read best."""
+    ``crash``, ``hang``, ``latency`` and ``error`` read best."""
 
     kind: FaultKind
     probability: float = 1.0
@@ -240,7 +240,7 @@ class FaultPlan:
         return struck
 
     def check(self, agents: Mapping[str, Iterable[str]]) -> None:
-        """Raise :class:`FaultSpecError` unless every target names one of ``agents`` and, when it names
+        """Raise ``FaultSpecError`` unless every target names one of ``agents`` and, when it names
         a method, one the agent handles."""
         known = {agent_id: tuple(methods) for agent_id, methods in agents.items()}
         for agent_id, method in self._rules:
@@ -301,7 +301,7 @@ class FaultInjector:
         self._enabled = True
 
     def arm(self, faults: FaultPlan | str | Iterable[str], *, seed: int = 0) -> FaultPlan:
-        """Replace the armed plan: a :class:`FaultPlan`, or text specs read against the server's agents
+        """Replace the armed plan: a ``FaultPlan``, or text specs read against the server's agents
         (``seed`` then seeds them). Each agent's random stream starts afresh. Before serving, this
         turns injection on; on a server already serving without it, it is an error. Returns the plan."""
         if not self._enabled and self._served_without:

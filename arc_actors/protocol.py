@@ -1,6 +1,6 @@
 """The ARC wire format, declared once as msgspec types.
 
-Decoding a request *is* its validation: a body that decodes into :class:`ARCRequest` has every
+Decoding a request *is* its validation: a body that decodes into ``ARCRequest`` has every
 required field with the right type, and msgspec's error names the offending field path. Nothing
 else in the package re-checks envelope fields by hand.
 """
@@ -228,7 +228,7 @@ _params_decoder = msgspec.json.Decoder(dict[str, Any])
 
 def decode_request(body: bytes, max_params_bytes: int) -> ARCRequest:
     """Decode and validate a request envelope; ``params`` over ``max_params_bytes`` raises
-    :class:`ParamsTooLarge` before it is decoded. Invalid input raises msgspec's errors, whose message
+    ``ParamsTooLarge`` before it is decoded. Invalid input raises msgspec's errors, whose message
     names the field path."""
     if len(body) <= max_params_bytes:  # params cannot be over the limit: decode it all in one pass
         return _request_decoder.decode(body)

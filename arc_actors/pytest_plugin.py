@@ -7,12 +7,12 @@ Fixtures:
   them) on a free loopback port, fault injection on, until the test ends; returns its ``RunningServer``.
 * ``arc_app``: define it (in a test module or conftest) to return the app the fixtures below serve.
 * ``arc_running``: ``arc_app`` served by ``arc_server``.
-* ``arc_client``: a :class:`~arc_actors.Client` of ``arc_running``.
+* ``arc_client``: a ``Client`` of ``arc_running``.
 * ``arc_faults(*specs, seed=0, on=None)``: arm faults on ``arc_running`` (or on the ``RunningServer``
   given as ``on``); returns the server's ``FaultInjector``. Every server armed is disarmed when the test
   ends.
 * ``arc_chaos(on=None, **options)``: a chaos run against ``arc_running`` (or ``on``); returns its
-  ``ChaosReport``. Check it with :func:`arc_actors.testing.assert_all_answered`.
+  ``ChaosReport``. Check it with ``arc_actors.testing.assert_all_answered``.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def arc_faults(request: pytest.FixtureRequest) -> Iterator[Callable[..., FaultIn
 
 @pytest.fixture
 def arc_chaos(request: pytest.FixtureRequest) -> Callable[..., ChaosReport]:
-    """``arc_chaos(on=None, **options)`` runs :func:`arc_actors.chaos.run_chaos` against ``arc_running``
+    """``arc_chaos(on=None, **options)`` runs ``arc_actors.chaos.run_chaos`` against ``arc_running``
     or ``on`` and returns its report."""
 
     def chaos(on: RunningServer | None = None, **options: Any) -> ChaosReport:

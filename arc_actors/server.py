@@ -112,12 +112,12 @@ class Server:
         ``auth``, when enabled, puts ``/arc`` behind bearer tokens; a bad one (a missing key, PyJWT not
         installed) is an error here. ``metrics`` serves Prometheus metrics at ``GET /metrics``.
         ``store`` keeps managed chats and tasks: a path is an SQLite file (opened when serving starts, closed when
-        it stops), a :class:`~arc_actors.store.Store` is used as it is (its owner closes it), None keeps
+        it stops), a ``Store`` is used as it is (its owner closes it), None keeps
         them in memory for as long as the server serves.
         ``stream_keepalive_s`` is how long a streamed (SSE) answer may stay silent before a ``: keep-alive``
         comment frame is sent.
         ``faults`` turns fault injection on and arms that plan (``FaultPlan()`` arms nothing, to arm
-        faults later through :attr:`faults`). Unless injection is turned on before serving, handlers
+        faults later through ``faults``). Unless injection is turned on before serving, handlers
         are never wrapped."""
         self.server_id = server_id
         self.metrics = metrics
@@ -173,7 +173,7 @@ class Server:
     def configure(self, settings: Settings) -> None:
         """Apply what a configuration (file, environment, flags) sets, over what the code passed.
 
-        Raises :class:`~arc_actors.config.ConfigError` naming an agent the server does not declare or
+        Raises ``ConfigError`` naming an agent the server does not declare or
         a value out of range."""
         server = settings.server
         for name in ("mailbox_size", "request_timeout_s", "drain_timeout_s", "metrics", "restart_policy"):
@@ -261,7 +261,7 @@ class Server:
         request_timeout_s: float | None = None,
         **kwargs: Any,
     ) -> None:
-        """Serve an :class:`Agent` subclass; each (re)start makes ``agent_class(*args, **kwargs)``.
+        """Serve an ``Agent`` subclass; each (re)start makes ``agent_class(*args, **kwargs)``.
 
         ``agent_id``, ``policy``, ``concurrency``, ``mailbox_size`` and ``request_timeout_s`` default to
         the class attributes of the same names (``restart_policy`` for ``policy``)."""
@@ -379,7 +379,7 @@ class Server:
     ) -> None:
         """Serve until SIGINT or SIGTERM, then drain, stop every agent and return.
 
-        ``admin_port`` serves the fault admin endpoint on 127.0.0.1 (see :meth:`create_app`). A port
+        ``admin_port`` serves the fault admin endpoint on 127.0.0.1 (see ``create_app``). A port
         that cannot be bound ends the process with a one-line message, not a traceback."""
         configure_logging(log_level, json_lines=log_json)
         app = self.create_app(admin_port=admin_port)

@@ -1,7 +1,7 @@
 """Where the runtime keeps what must outlive a request: one small key-value interface, two backends.
 
 A record is bytes under ``(kind, key)``; what the bytes mean (a msgspec-encoded chat, a task, ...)
-is the caller's business, so a server-grade database can be added later as one more :class:`Store`
+is the caller's business, so a server-grade database can be added later as one more ``Store``
 without touching agents or the chat and task logic. Every method is called from agents' threads,
 never from the event loop, and may be called from several threads at once.
 """
@@ -32,7 +32,7 @@ class Store(Protocol):
 
 
 class MemoryStore:
-    """A :class:`Store` in a dict: for tests, and the default when no state path is configured
+    """A ``Store`` in a dict: for tests, and the default when no state path is configured
     (everything is lost when the process ends)."""
 
     def __init__(self) -> None:
@@ -52,7 +52,7 @@ class MemoryStore:
 
 
 class SQLiteStore:
-    """A :class:`Store` in one SQLite file (stdlib ``sqlite3``), so records survive a restart.
+    """A ``Store`` in one SQLite file (stdlib ``sqlite3``), so records survive a restart.
 
     One connection in WAL mode, shared by every thread under a lock: writes are single statements in
     autocommit, each durable against a crash of the process when it returns. One process per file."""
@@ -93,8 +93,8 @@ class SQLiteStore:
 
 
 def open_store(source: Store | str | Path | None) -> tuple[Store, bool]:
-    """The store ``source`` names (a Store as it is, a path as an :class:`SQLiteStore`, None as a fresh
-    :class:`MemoryStore`) and whether the caller opened it, and so must close it."""
+    """The store ``source`` names (a Store as it is, a path as an ``SQLiteStore``, None as a fresh
+    ``MemoryStore``) and whether the caller opened it, and so must close it."""
     if source is None:
         return MemoryStore(), True
     if isinstance(source, str | Path):

@@ -1,8 +1,8 @@
 """Supervision as data, decisions in one place (after Erlang/OTP's supervisor).
 
-A :class:`RestartPolicy` per agent says how many restarts are allowed within how long (the
+A ``RestartPolicy`` per agent says how many restarts are allowed within how long (the
 intensity), how long to wait before each (backoff) and when a handler counts as hung. The
-:class:`Supervisor` keeps each agent's failure history and answers the one question an engine asks when
+``Supervisor`` keeps each agent's failure history and answers the one question an engine asks when
 an agent fails: restart it (after which delay), or give up on it. Agents never see any of this: they
 only raise.
 """

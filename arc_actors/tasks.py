@@ -4,7 +4,7 @@ agent's ``task_create`` in the background after ``task.create`` has answered.
 For every agent that answers ``task.create``, the runtime answers ``task.create``, ``task.send``,
 ``task.info``, ``task.get`` and ``task.cancel`` itself, in two places:
 
-* **In front of the mailbox** (:meth:`TaskBook.front`, between the router and the engine), from the
+* **In front of the mailbox** (``TaskBook.front``, between the router and the engine), from the
   store, so they answer at once even while the agent is busy running a task: ``task.create`` records
   the task (SUBMITTED, ``taskId`` generated, priority kept, default NORMAL), puts its run in the agent's
   mailbox and answers ``{"type": "task", "task": {...}}`` without waiting for it. ``task.send`` appends
@@ -13,12 +13,12 @@ For every agent that answers ``task.create``, the runtime answers ``task.create`
   the task, with messages and artifacts unless ``includeMessages``/``includeArtifacts`` are false.
   ``task.cancel`` makes the task CANCELED and tells its running handler; a COMPLETED task is -42002, a
   CANCELED one -42003, a FAILED one -42006, an unknown one -42001, all with ``taskId`` in details.
-* **In the agent's own thread** (:meth:`TaskBook.manage`, around its handlers): the run makes the task
-  WORKING, calls the handler with ``params["taskId"]`` and ``context.task`` (a :class:`TaskHandle`), and
+* **In the agent's own thread** (``TaskBook.manage``, around its handlers): the run makes the task
+  WORKING, calls the handler with ``params["taskId"]`` and ``context.task`` (a ``TaskHandle``), and
   records its end: COMPLETED with the reply it returns (None, a string, a Message dict or a list of
   parts, as a chat handler's; any other dict, such as a seed-style result, as one DataPart),
-  INPUT_REQUIRED if it raises :class:`InputRequired`, FAILED if it raises
-  anything else (an :class:`~arc_actors.exceptions.ARCError`'s code and message, else -42004 with the
+  INPUT_REQUIRED if it raises ``InputRequired``, FAILED if it raises
+  anything else (an ``ARCError``'s code and message, else -42004 with the
   exception's text; the task's failure is not an agent crash, so the agent is not restarted).
 
 **Task timeout.** A task's run is a request in the agent's mailbox like any other, so it gets what the
@@ -64,7 +64,7 @@ _FRONT_METHODS = ("task.create", "task.send", "task.info", "task.get", "task.can
 
 
 class Task(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
-    """One managed task, as it is stored and (through :meth:`result`) answered."""
+    """One managed task, as it is stored and (through ``result``) answered."""
 
     task_id: str
     agent_id: str
@@ -102,7 +102,7 @@ class InputRequired(Exception):
 
 
 class TaskCancelled(Exception):
-    """Raised by :meth:`TaskHandle.check_cancelled` once the task is cancelled; the runtime ends the run."""
+    """Raised by ``TaskHandle.check_cancelled`` once the task is cancelled; the runtime ends the run."""
 
 
 class _Run:
@@ -138,7 +138,7 @@ class TaskHandle:
         return self._run.cancelled.is_set()
 
     def check_cancelled(self) -> None:
-        """Raise :class:`TaskCancelled` if the task is cancelled: a sync handler's way to stop."""
+        """Raise ``TaskCancelled`` if the task is cancelled: a sync handler's way to stop."""
         if self.cancelled:
             raise TaskCancelled(self.task_id)
 
@@ -172,7 +172,7 @@ _decoder = msgspec.json.Decoder(Task)
 
 
 class TaskBook:
-    """The managed tasks of one serving server, kept in its one :class:`~arc_actors.store.ServingStore`
+    """The managed tasks of one serving server, kept in its one ``ServingStore``
     (opened and closed off the event loop around the agents' life)."""
 
     def __init__(self, store: ServingStore) -> None:

@@ -2,8 +2,8 @@
 
 ``with serving(server) as running:`` starts the server's own event loop in a background thread,
 exactly as ``server.run`` would serve it, and always stops it, agents included, on the way out.
-:func:`assert_all_answered` checks a chaos run lost nothing. The pytest fixtures built on these live in
-:mod:`arc_actors.pytest_plugin`.
+``assert_all_answered`` checks a chaos run lost nothing. The pytest fixtures built on these live in
+``arc_actors.pytest_plugin``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ START_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class RunningServer:
-    """Where a server started by :func:`serving` listens, and the server itself."""
+    """Where a server started by ``serving`` listens, and the server itself."""
 
     host: str
     port: int

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from snippets import snippet
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "test_with_plugin.py"
@@ -90,10 +91,12 @@ def test_plugin_fixtures_serve_arm_disarm_and_explain_a_missing_app(tmp_path):
     assert "define an `arc_app` fixture returning a Server or Agent subclasses" in done.stdout
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/resilience.md"])
-def test_the_plugin_example_of_the_docs_passes_in_a_fresh_project(tmp_path, page):
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)
-    (tmp_path / "test_docs_example.py").write_text(next(block for block in blocks if "def arc_app" in block))
+@pytest.mark.parametrize(
+    ("page", "marker"),
+    [("docs/testing.md", "def test_support_agent"), ("docs/resilience.md", "def test_finance_agent")],
+)
+def test_the_plugin_example_of_the_docs_passes_in_a_fresh_project(tmp_path, page, marker):
+    (tmp_path / "test_docs_example.py").write_text(snippet(page, marker).source)
     done = pytest_in(tmp_path, "-q", "test_docs_example.py")
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.fullmatch(r"1 passed in [\d.]+s", done.stdout.strip().splitlines()[-1]), done.stdout

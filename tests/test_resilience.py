@@ -1,4 +1,4 @@
-"""The issue's proof, run as the README shows it: the demo agents with 20% crashes and 5% hangs (longer
+"""The issue's proof, run as docs/resilience.md shows it: the demo agents with 20% crashes and 5% hangs (longer
 than the watchdog) on finance-agent, under a bounded chaos load."""
 
 from __future__ import annotations
@@ -7,21 +7,15 @@ import contextlib
 import io
 import json
 import re
-from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def readme_block(marker: str) -> str:
-    return next(block for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if marker in block)
+from snippets import snippet
 
 
-def test_readme_chaos_run_loses_nothing_and_every_injected_crash_and_hang_is_one_restart():
-    source = readme_block("run_chaos(")
-    namespace: dict = {"__name__": "readme_resilience"}
+def test_documented_chaos_run_loses_nothing_and_every_injected_crash_and_hang_is_one_restart():
+    example = snippet("docs/resilience.md", "run_chaos(")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(compile(source, "README.md", "exec"), namespace)
+        namespace = example.run()
     report, server = namespace["report"], namespace["server"]
     injected = server.faults.injected
     print(printed.getvalue())  # the chaos report: shown with pytest -s
@@ -40,5 +34,7 @@ def test_readme_chaos_run_loses_nothing_and_every_injected_crash_and_hang_is_one
     assert report.errors == finance.errors
     assert printed.getvalue().splitlines()[-1] == "nothing lost: 300 of 300 requests answered"
     # The seed fixes which agent each request goes to and what each agent's requests meet: the counts
-    # the README shows are the counts of every run.
-    assert injected["finance-agent"] == json.loads(re.search(r"injected\[\"finance-agent\"\]  # (\{.*\})", source)[1])
+    # the page shows are the counts of every run.
+    assert injected["finance-agent"] == json.loads(
+        re.search(r"injected\[\"finance-agent\"\]  # (\{.*\})", example.source)[1]
+    )

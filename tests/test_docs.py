@@ -1,18 +1,23 @@
-"""The README's example agent runs as shown."""
+"""The documentation runs as written: README.md and every page of docs/.
+
+Every Python block of the docs is run (see snippets.py); the blocks that show a behaviour also have a
+test here that serves them and checks that behaviour.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-from pathlib import Path
 
+import pytest
 from conftest import envelope, post, post_raw, run
+from snippets import ROOT, snippet, snippets
 
-from arc_actors import Client, Server
+from arc_actors import Client, ErrorCode
 from arc_actors.testing import serving
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT / "README.md"
 
 
 def test_readme_starts_with_the_two_commands():
@@ -23,9 +28,7 @@ def test_readme_starts_with_the_two_commands():
 
 
 def test_readme_example_agent_answers_and_raises_its_arc_error():
-    source = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
-    namespace: dict = {"__name__": "readme_example"}
-    exec(compile(source, "README.md", "exec"), namespace)
+    namespace = snippet("README.md", "class FinanceAgent").run()
 
     def say(text: str) -> dict:
         return {"initialMessage": {"role": "user", "parts": [{"type": "text", "content": text}]}}
@@ -39,24 +42,18 @@ def test_readme_example_agent_answers_and_raises_its_arc_error():
     assert second["result"]["chat"]["message"]["parts"][0]["content"] == "chat #3: again"
 
 
-def test_readme_supervision_example_declares_its_policies():
-    source = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[1]
-    namespace: dict = {"__name__": "readme_supervision"}
-    exec(compile(source, "README.md", "exec"), namespace)
+def test_supervision_example_declares_its_policies():
+    namespace = snippet("docs/concepts.md", "restart_policy = RestartPolicy(").run()
     server, policy = namespace["server"], namespace["PaymentsAgent"].restart_policy
     assert server.agent_ids == ["hr-agent", "payments-agent"]
     assert (policy.max_restarts, policy.within_s, policy.hang_after_s) == (3, 60, 30)
     assert server.restart_policy.max_restarts == 10
 
 
-def test_readme_auth_example_serves_its_token_and_refuses_others():
+def test_auth_example_serves_its_token_and_refuses_others():
     import jwt
 
-    source = next(
-        block for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "AuthConfig(" in block
-    )
-    namespace: dict = {"__name__": "readme_auth"}
-    exec(compile(source, "README.md", "exec"), namespace)
+    namespace = snippet("docs/auth.md", "AuthConfig(").run()
     request = envelope("payments-agent", "chat.start", {"initialMessage": {"role": "user", "parts": []}})
     outsider = jwt.encode(
         {
@@ -77,16 +74,13 @@ def test_readme_auth_example_serves_its_token_and_refuses_others():
     assert [(status, answer["error"]["code"]) for status, answer in (anonymous, bob)] == [(401, -44001), (403, -44006)]
 
 
-def test_readme_managed_chats_example_keeps_history_in_its_sqlite_file(tmp_path, monkeypatch):
-    source = next(
-        block for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "context.chat" in block
-    )
+def test_managed_chats_example_keeps_history_in_its_sqlite_file(tmp_path, monkeypatch):
+    example = snippet("docs/chats.md", "context.chat")
     monkeypatch.chdir(tmp_path)
     message = {"role": "user", "parts": [{"type": "text", "content": "milk"}]}
     answers = []
     for _ in range(2):  # the second server is a restart on the same file
-        namespace: dict = {"__name__": "readme_chats"}
-        exec(compile(source, "README.md", "exec"), namespace)
+        namespace = example.run()
         with serving(namespace["server"]) as running:
             if not answers:
                 answers.append(
@@ -108,12 +102,8 @@ def test_readme_managed_chats_example_keeps_history_in_its_sqlite_file(tmp_path,
     assert (tmp_path / "notes.db").is_file()
 
 
-def test_readme_managed_tasks_example_reports_asks_and_completes():
-    source = next(
-        block for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "context.task" in block
-    )
-    namespace: dict = {"__name__": "readme_tasks"}
-    exec(compile(source, "README.md", "exec"), namespace)
+def test_managed_tasks_example_reports_asks_and_completes():
+    namespace = snippet("docs/tasks.md", "context.task").run()
     message = {"role": "user", "parts": [{"type": "TextPart", "content": "Q3 report"}]}
 
     async def until(client: Client, task_id: str, status: str) -> dict:
@@ -141,20 +131,19 @@ def test_readme_managed_tasks_example_reports_asks_and_completes():
     assert done["messages"][-1]["parts"] == [{"type": "TextPart", "content": "Sent to the board."}]
 
 
-def test_readme_streaming_example_streams_its_words():
-    source = re.search(r"```python\n(from arc_actors import Agent\n\n\nclass Writer.*?)```", README.read_text(), re.S)
-    namespace: dict = {"__name__": "readme_streaming"}
-    exec(compile(source.group(1), "README.md", "exec"), namespace)
-    server = Server(server_id="readme-stream")
-    server.add_agent(namespace["Writer"])
-    message = {"role": "user", "parts": [{"type": "TextPart", "content": "a story"}]}
+def test_streaming_example_streams_its_words_and_then_is_done():
+    namespace = snippet("docs/streaming.md", "class Writer").run()
+    assert [event["event"] for event in namespace["events"]] == ["stream", "stream", "stream", "done"]
+    assert namespace["text"] == "Once upon a time"
 
-    async def read() -> list[dict]:
-        async with Client(running.url) as client:
-            events = await client.chat.start(target_agent="writer", initial_message=message, stream=True)
-            return [event async for event in events]
 
-    with serving(server) as running:
-        events = run(read())
-    assert [event["event"] for event in events] == ["stream", "stream", "stream", "done"]
-    assert "".join(event["data"]["message"]["parts"][0]["content"] for event in events[:3]) == "Once upon a time"
+@pytest.mark.parametrize("example", snippets(), ids=lambda example: example.name)
+def test_every_python_block_of_the_docs_runs(example, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a block's files (an SQLite store) are made
+    example.run()
+
+
+def test_the_protocol_page_lists_every_error_code_by_its_name():
+    page = (ROOT / "docs" / "protocol.md").read_text().split("## Error codes\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| (-\d+) \| `(\w+)` \|", page, re.M)
+    assert [(int(code), name) for code, name in listed] == [(code.value, code.name) for code in ErrorCode]
