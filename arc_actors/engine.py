@@ -21,6 +21,11 @@ RETRY_AFTER_S = 1
 """What a refused request is told to wait before trying again (``details.retryAfter``)."""
 
 
+class EngineUnavailable(RuntimeError):
+    """The selected engine cannot run here (its optional dependency is not installed); the message says
+    what to install."""
+
+
 class AgentState(StrEnum):
     """Where an agent's actor is in its life, as ``/health`` reports it: ``starting`` until its first
     instance is up, ``restarting`` through a backoff and restart, ``failed`` once given up on."""
