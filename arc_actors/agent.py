@@ -230,6 +230,16 @@ class _MappedAgent(Agent):
 
 
 @dataclass(frozen=True)
+class Layer:
+    """One runtime wrap of an agent's handlers: ``wrap`` turns the agent answering ``methods_before``
+    into one answering ``methods``."""
+
+    wrap: HandlerWrap
+    methods_before: tuple[str, ...]
+    methods: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class AgentSpec:
     """Everything the runtime needs to make (and later re-make) one agent: its id, its methods, and
     a factory for fresh instances."""
@@ -241,6 +251,9 @@ class AgentSpec:
     concurrency: int = 1
     mailbox_size: int | None = None
     request_timeout_s: float | None = None
+    layers: tuple[Layer, ...] = ()
+    """The runtime's wraps around every instance (``map_handlers``), innermost first, kept apart from
+    ``factory`` so an engine may run them in another process than the agent's own code."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
@@ -257,12 +270,22 @@ class AgentSpec:
         gets None for a method in it that the original agent lacks. ``on_start``/``on_stop`` are the
         original instance's."""
         methods = self.methods if methods is None else tuple(methods)
-        factory = self.factory
+        return replace(self, methods=methods, layers=(*self.layers, Layer(wrap, self.methods, methods)))
 
-        def mapped() -> Agent:
-            return _MappedAgent(factory(), wrap, methods)
+    @property
+    def own_methods(self) -> tuple[str, ...]:
+        """The methods the agent's own instances answer, before any runtime wrap."""
+        return self.layers[0].methods_before if self.layers else self.methods
 
-        return replace(self, factory=mapped, methods=methods)
+    def make(self) -> Agent:
+        """A fresh instance: the factory's, inside the runtime's wraps."""
+        return self.dress(self.factory())
+
+    def dress(self, agent: Agent) -> Agent:
+        """``agent`` inside the runtime's wraps, innermost first."""
+        for layer in self.layers:
+            agent = _MappedAgent(agent, layer.wrap, layer.methods)
+        return agent
 
     @classmethod
     def of_class(

@@ -53,7 +53,14 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     try:
         server = load_app(args.app)
-        flags = {"host": args.host, "port": args.port, "log_level": args.log_level, "log_json": args.log_json}
+        flags = {
+            "host": args.host,
+            "port": args.port,
+            "log_level": args.log_level,
+            "log_json": args.log_json,
+            "engine": args.engine,
+            "ray_address": args.ray_address,
+        }
         settings = load_settings(args.config, overrides=flags)
         server.configure(settings)
     except (AppError, ConfigError) as exc:
@@ -199,6 +206,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="log one JSON object per line (env ARC_LOG_JSON)",
+    )
+    serve.add_argument(
+        "--engine",
+        choices=["pykka", "ray"],
+        help="what runs the agents: pykka threads in this process, or Ray actors on a cluster "
+        "(default: pykka; env ARC_ENGINE; ray needs pip install 'arc-actors[ray]')",
+    )
+    serve.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="with --engine ray: the Ray cluster to join, e.g. 'auto' (default: start a local Ray; "
+        "env ARC_RAY_ADDRESS)",
     )
     serve.add_argument(
         "--config",

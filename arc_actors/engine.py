@@ -6,14 +6,24 @@ be replaced by a distributed one without touching them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
 import msgspec
 
-from arc_actors.agent import AgentSpec, Context
-from arc_actors.protocol import Outcome
+from arc_actors.agent import AgentSpec, Context, Handler
+from arc_actors.exceptions import ARCError, internal_error
+from arc_actors.protocol import ErrorCode, ErrorObject, Outcome, encoder, error
+
+RETRY_AFTER_S = 1
+"""What a refused request is told to wait before trying again (``details.retryAfter``)."""
+
+
+class EngineUnavailable(RuntimeError):
+    """The selected engine cannot run here (its optional dependency is not installed); the message says
+    what to install."""
 
 
 class AgentState(StrEnum):
@@ -69,3 +79,61 @@ class Engine(Protocol):
     async def watch_for_hangs(self) -> None:
         """Until cancelled: answer -41006 for every handler running past its hang threshold, and
         restart its agent as the supervisor decides."""
+
+
+# What every engine does with one request and one failure, whatever runs the agent.
+
+
+def serve_request(
+    handler: Handler, params: dict[str, Any], context: Context, complete: Callable[[Any], Any]
+) -> tuple[Outcome, BaseException | None]:
+    """Run ``handler`` (``complete`` runs what it returns to its end, awaiting an awaitable) and encode its
+    result. Returns the outcome and, when the handler crashed (anything but an ``ARCError``), the crash."""
+    try:
+        result = complete(handler(params, context))
+        return msgspec.Raw(encoder.encode(result)), None
+    except ARCError as exc:
+        return exc.to_error_object(), None
+    except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt stay in this agent
+        return internal_error(exc, context.target_agent, context.trace_id, context.method), exc
+
+
+def crash_record(kind: str, message: str) -> dict[str, str]:
+    """An agent's ``last_crash``, as ``/health`` and a -41002's ``details.lastCrash`` show it."""
+    return {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "type": kind, "message": message}
+
+
+def not_available(agent_id: str, why: str, last_crash: dict[str, str] | None) -> ErrorObject:
+    """-41002: the agent cannot take the request (failed, stopping, its process gone)."""
+    return error(
+        ErrorCode.AGENT_NOT_AVAILABLE,
+        f"Agent not available: {agent_id} {why}",
+        {"agentId": agent_id, "lastCrash": last_crash},
+    )
+
+
+def mailbox_full(agent_id: str, mailbox_size: int) -> ErrorObject:
+    """-44007: the agent's mailbox holds its bound already (backpressure)."""
+    return error(
+        ErrorCode.RATE_LIMIT_EXCEEDED,
+        f"Rate limit exceeded: {agent_id} has {mailbox_size} requests waiting already",
+        {"agentId": agent_id, "mailboxSize": mailbox_size, "retryAfter": RETRY_AFTER_S},
+    )
+
+
+def hung(agent_id: str, hang_after_s: float) -> ErrorObject:
+    """-41006 for the request whose handler ran past the hang threshold."""
+    return error(
+        ErrorCode.AGENT_TIMEOUT,
+        f"Agent timeout: {agent_id} did not answer within {hang_after_s} s",
+        {"agentId": agent_id, "hangAfterS": hang_after_s},
+    )
+
+
+def timed_out(agent_id: str, request_timeout_s: float) -> ErrorObject:
+    """-41006 for a caller that waited ``request_timeout_s``, queue included."""
+    return error(
+        ErrorCode.AGENT_TIMEOUT,
+        f"Agent timeout: no answer from {agent_id} within {request_timeout_s} s",
+        {"agentId": agent_id, "requestTimeoutS": request_timeout_s},
+    )

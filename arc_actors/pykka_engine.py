@@ -29,26 +29,30 @@ import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import msgspec
 import pykka
 from loguru import logger
 
 from arc_actors.agent import Agent, AgentSpec, Context, Handler
-from arc_actors.engine import AgentState, AgentStatus
-from arc_actors.exceptions import ARCError, internal_error
-from arc_actors.protocol import ErrorCode, ErrorObject, Outcome, encoder, error
+from arc_actors.engine import (
+    AgentState,
+    AgentStatus,
+    crash_record,
+    hung,
+    mailbox_full,
+    not_available,
+    serve_request,
+    timed_out,
+)
+from arc_actors.protocol import ErrorObject, Outcome
 from arc_actors.supervisor import Supervisor
 
 WATCHDOG_TICKS_PER_THRESHOLD = 10
 """The watchdog looks this many times per hang threshold, so a hang is caught within 10% of it."""
 
 DRAIN_POLL_S = 0.02
-RETRY_AFTER_S = 1
-"""What a refused request is told to wait before trying again (``details.retryAfter``)."""
 
 
 class _Call:
@@ -127,19 +131,10 @@ class _Cell:
         return AgentState.RUNNING
 
     def not_available(self, why: str) -> ErrorObject:
-        agent_id = self.spec.agent_id
-        return error(
-            ErrorCode.AGENT_NOT_AVAILABLE,
-            f"Agent not available: {agent_id} {why}",
-            {"agentId": agent_id, "lastCrash": self.last_crash},
-        )
+        return not_available(self.spec.agent_id, why, self.last_crash)
 
     def record_crash(self, kind: str, message: str) -> None:
-        self.last_crash = {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "type": kind,
-            "message": message,
-        }
+        self.last_crash = crash_record(kind, message)
 
     def take_calls(self) -> list[_Call]:
         """Empty the mailbox, keeping the requests in their order (and dropping stop messages)."""
@@ -256,7 +251,7 @@ class AgentActor(pykka.ThreadingActor):
                 self._leave()
                 return
             worker.busy_since = time.monotonic()
-        agent = cell.spec.factory()
+        agent = cell.spec.make()
         self._run_to_completion(agent.on_start())
         self._handlers = agent.handlers()
         self._agent = agent
@@ -269,13 +264,7 @@ class AgentActor(pykka.ThreadingActor):
             cell.started_at = time.monotonic()
 
     def _serve(self, call: _Call) -> tuple[Outcome, BaseException | None]:
-        try:
-            result = self._run_to_completion(self._handlers[call.method](call.params, call.context))
-            return msgspec.Raw(encoder.encode(result)), None
-        except ARCError as exc:
-            return exc.to_error_object(), None
-        except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt stay in this agent
-            return internal_error(exc, call.context.target_agent, call.context.trace_id, call.method), exc
+        return serve_request(self._handlers[call.method], call.params, call.context, self._run_to_completion)
 
     def _supervise(self, exc: BaseException) -> float | None:
         """``_after_crash``, but a failure of the supervision itself marks the agent failed rather than
@@ -342,15 +331,7 @@ def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
 def _expire(future: asyncio.Future[Outcome], call: _Call, cell: _Cell) -> None:
     """The request timeout: answer the caller now; a worker that has not started the call skips it."""
     call.expired = True
-    agent_id = cell.spec.agent_id
-    _resolve(
-        future,
-        error(
-            ErrorCode.AGENT_TIMEOUT,
-            f"Agent timeout: no answer from {agent_id} within {cell.request_timeout_s} s",
-            {"agentId": agent_id, "requestTimeoutS": cell.request_timeout_s},
-        ),
-    )
+    _resolve(future, timed_out(cell.spec.agent_id, cell.request_timeout_s))
 
 
 class PykkaEngine:
@@ -402,12 +383,7 @@ class PykkaEngine:
         if cell.stopping:
             return cell.not_available("is stopping: the server is shutting down")
         if cell.mailbox.qsize() >= cell.mailbox_size:
-            agent_id = cell.spec.agent_id
-            return error(
-                ErrorCode.RATE_LIMIT_EXCEEDED,
-                f"Rate limit exceeded: {agent_id} has {cell.mailbox_size} requests waiting already",
-                {"agentId": agent_id, "mailboxSize": cell.mailbox_size, "retryAfter": RETRY_AFTER_S},
-            )
+            return mailbox_full(cell.spec.agent_id, cell.mailbox_size)
         return None
 
     def restart(self, agent_id: str) -> None:
@@ -464,13 +440,7 @@ class PykkaEngine:
         for call in queued:
             call.reply(cell.not_available("has failed and awaits a restart"))
         if interrupted is not None:
-            interrupted.reply(
-                error(
-                    ErrorCode.AGENT_TIMEOUT,
-                    f"Agent timeout: {agent_id} did not answer within {hang_after_s} s",
-                    {"agentId": agent_id, "hangAfterS": hang_after_s},
-                )
-            )
+            interrupted.reply(hung(agent_id, hang_after_s))
 
     async def drain(self, timeout_s: float) -> dict[str, int]:
         """Refuse new requests, let the queued and running ones finish for up to ``timeout_s``, then

@@ -8,6 +8,7 @@ however declared, becomes one actor.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -22,7 +23,7 @@ from arc_actors.agent import Agent, AgentSpec, Handler
 from arc_actors.auth import AuthConfig, Authenticator
 from arc_actors.chats import ChatBook
 from arc_actors.config import UNSET, ConfigError, Settings
-from arc_actors.engine import AgentState
+from arc_actors.engine import AgentState, Engine, EngineUnavailable
 from arc_actors.faults import FaultInjector, FaultPlan
 from arc_actors.gateway import (
     DEFAULT_MAX_BODY_BYTES,
@@ -49,8 +50,12 @@ STOP_TIMEOUT_S = 1.0
 """How long, after the drain, a stopping server waits for agents' threads to end (a hung one never does)."""
 AGENT_START_WAIT_S = 10.0
 """How long a starting server waits for its agents' first instances (``on_start``) before it listens."""
+ENGINES = ("pykka", "ray")
+"""What runs the agents: ``pykka`` in this process (the default), ``ray`` on a Ray cluster."""
 DEFAULT_MAILBOX_SIZE = 1000
 """How many requests may wait for an agent before more are refused -44007 (backpressure)."""
+ENGINE_ENV = "ARC_ENGINE"
+RAY_ADDRESS_ENV = "ARC_RAY_ADDRESS"
 
 ADMIN_SITE = web.AppKey("arc_actors_admin_site", AdminSite)
 """Where an app keeps its fault admin endpoint, when it has one."""
@@ -101,6 +106,9 @@ class Server:
         store: Store | str | Path | None = None,
         faults: FaultPlan | None = None,
         stream_keepalive_s: float = DEFAULT_KEEPALIVE_S,
+        engine: str | None = None,
+        ray_address: str | None = None,
+        ray_namespace: str | None = None,
     ) -> None:
         """``restart_policy``, ``mailbox_size`` and ``request_timeout_s`` are the defaults for agents that
         bring none of their own; the policy's ``hang_after_s``, when unset, comes from
@@ -118,7 +126,11 @@ class Server:
         comment frame is sent.
         ``faults`` turns fault injection on and arms that plan (``FaultPlan()`` arms nothing, to arm
         faults later through ``faults``). Unless injection is turned on before serving, handlers
-        are never wrapped."""
+        are never wrapped.
+        ``engine`` is what runs the agents (see ``ENGINES``; None: ``ARC_ENGINE``, else ``pykka``). With
+        ``ray``, ``ray_address`` is the cluster to join (None: ``ARC_RAY_ADDRESS``, else a local Ray
+        is started) and ``ray_namespace`` where the agents' actors are named (default
+        ``arc_actors-<server_id>``: every gateway serving this app reaches the same actors)."""
         self.server_id = server_id
         self.metrics = metrics
         self.store = store
@@ -126,6 +138,9 @@ class Server:
         self.mailbox_size = mailbox_size
         self.request_timeout_s = request_timeout_s
         self.drain_timeout_s = drain_timeout_s
+        self.engine = engine
+        self.ray_address = ray_address
+        self.ray_namespace = ray_namespace
         self._authenticator: Authenticator | None = None
         if auth is not None:
             self._set_auth(auth)
@@ -163,6 +178,8 @@ class Server:
             raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s!r}")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+        if self.engine is not None and self.engine not in ENGINES:
+            raise ValueError(f"engine is one of {', '.join(ENGINES)}, got {self.engine!r}")
         if not self._config.stream_keepalive_s > 0:
             raise ValueError(f"stream_keepalive_s must be > 0, got {self._config.stream_keepalive_s!r}")
         limits = ("max_body_bytes", "max_params_bytes", "max_params_depth", "max_header_bytes")
@@ -176,7 +193,17 @@ class Server:
         Raises ``ConfigError`` naming an agent the server does not declare or
         a value out of range."""
         server = settings.server
-        for name in ("mailbox_size", "request_timeout_s", "drain_timeout_s", "metrics", "restart_policy"):
+        names = (
+            "mailbox_size",
+            "request_timeout_s",
+            "drain_timeout_s",
+            "metrics",
+            "restart_policy",
+            "engine",
+            "ray_address",
+            "ray_namespace",
+        )
+        for name in names:
             if getattr(server, name) is not UNSET:
                 setattr(self, name, getattr(server, name))
         if server.state_path is not UNSET:
@@ -310,7 +337,7 @@ class Server:
             self.restart_policy,
             self.restart_policy.hang_after_s or hang_after_from_env(),
         )
-        engine = PykkaEngine(supervisor, self.mailbox_size, self.request_timeout_s)
+        engine = self._engine(supervisor)
         router = Router(specs, tasks.front(engine))
         if self._authenticator is not None:
             self._authenticator.check_agents(router.agent_ids)
@@ -350,6 +377,24 @@ class Server:
             app.cleanup_ctx.append(app[ADMIN_SITE].serve)
         return app
 
+    def _engine(self, supervisor: Supervisor) -> Engine:
+        name = self.engine or os.environ.get(ENGINE_ENV) or "pykka"
+        if name not in ENGINES:
+            raise ValueError(f"{ENGINE_ENV} is one of {', '.join(ENGINES)}, got {name!r}")
+        if name == "pykka":
+            return PykkaEngine(supervisor, self.mailbox_size, self.request_timeout_s)
+        if self.faults.enabled:
+            raise ValueError("fault injection runs in the pykka engine only: serve without --fault/--admin-port")
+        from arc_actors.ray_engine import RayEngine
+
+        return RayEngine(
+            supervisor,
+            self.mailbox_size,
+            self.request_timeout_s,
+            address=self.ray_address or os.environ.get(RAY_ADDRESS_ENV) or None,
+            namespace=self.ray_namespace or f"arc_actors-{self.server_id}",
+        )
+
     def runner_options(self) -> dict[str, Any]:
         """The aiohttp runner's keyword arguments this server needs, for ``web.run_app`` or an
         ``AppRunner`` of one's own: the drain-aware shutdown timeout and the header-size limits."""
@@ -382,7 +427,10 @@ class Server:
         ``admin_port`` serves the fault admin endpoint on 127.0.0.1 (see ``create_app``). A port
         that cannot be bound ends the process with a one-line message, not a traceback."""
         configure_logging(log_level, json_lines=log_json)
-        app = self.create_app(admin_port=admin_port)
+        try:
+            app = self.create_app(admin_port=admin_port)
+        except EngineUnavailable as exc:
+            raise SystemExit(f"arc_actors: {exc}") from None
         try:
             web.run_app(
                 app,

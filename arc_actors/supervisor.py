@@ -150,6 +150,19 @@ class Supervisor:
         )
         return Decision(restart=True, delay_s=delay_s)
 
+    def failure_ages(self, agent_id: str) -> list[float]:
+        """How many seconds ago each failure in ``agent_id``'s history happened, oldest first: what
+        :meth:`remember` takes, so a supervisor in another process carries the same window on."""
+        now = time.monotonic()
+        with self._lock:
+            return [now - at for at in self._failures.get(agent_id, ())]
+
+    def remember(self, agent_id: str, ages: list[float]) -> None:
+        """Take ``agent_id``'s failure history from :meth:`failure_ages` of another supervisor."""
+        now = time.monotonic()
+        with self._lock:
+            self._failures[agent_id] = deque(now - age for age in sorted(ages, reverse=True))
+
     def forget(self, agent_id: str) -> None:
         """Clear an agent's failure history, as a restart by hand does."""
         with self._lock:

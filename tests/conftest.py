@@ -92,6 +92,35 @@ def serve() -> Iterator[Any]:
         context.__exit__(None, None, None)
 
 
+# The engines: tests about behaviour both must share take the `engine` fixture and run on each.
+
+RAY_MISSING = "the ray engine's tests need Ray: pip install '.[test,ray]'"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """One small local Ray for the whole session (2 CPUs, 100 MB object store, no dashboard)."""
+    ray = pytest.importorskip("ray", reason=RAY_MISSING)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=100 * 2**20,
+        log_to_driver=False,
+        logging_level="WARNING",
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(params=["pykka", pytest.param("ray", marks=pytest.mark.ray)])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once per engine: servers made without an ``engine`` take ``ARC_ENGINE``."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+    monkeypatch.setenv("ARC_ENGINE", request.param)
+    return request.param
+
+
 # Serving as a user does: a real `python -m arc_actors` process.
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -60,6 +60,7 @@ def test_method_names_map_to_arc_methods_and_handles_adds_custom_ones():
     assert Accountant.arc_methods() == ("chat.start", "ledger.show")
 
 
+@pytest.mark.usefixtures("engine")
 def test_actor_subclass_and_decorator_agents_serve_side_by_side():
     server = Server(server_id="mixed")
     server.add_agent(Accountant, "EUR", rounding=1)
@@ -95,6 +96,7 @@ def test_actor_subclass_and_decorator_agents_serve_side_by_side():
     assert info["totalAgents"] == 3
 
 
+@pytest.mark.usefixtures("engine")
 def test_agent_that_keeps_failing_to_start_is_retried_then_answers_not_available():
     server = Server(server_id="broken")
     server.add_agent(BrokenAtStart)
@@ -113,6 +115,7 @@ def test_agent_that_keeps_failing_to_start_is_retried_then_answers_not_available
     assert health["agents"]["fine"]["status"] == "running"
 
 
+@pytest.mark.usefixtures("engine")
 def test_results_that_are_not_json_are_internal_errors_and_none_is_a_null_result():
     server = Server(server_id="results")
     server.agent_handler("odd", "test.echo")(lambda params, context: object())
@@ -149,6 +152,7 @@ def test_declaration_mistakes_are_clear_errors_at_declaration_time():
         Server(server_id="empty").create_app()
 
 
+@pytest.mark.usefixtures("engine")
 def test_arc_error_raised_by_an_actor_subclass_reaches_the_client_typed():
     class Strict(Agent):
         agent_id = "strict"

@@ -124,3 +124,15 @@ def test_sides_alternate_which_goes_first_each_round() -> None:
     results = harness.alternate(3, ["a", "b"], lambda side: order.append(side) or len(order))
     assert order == ["a", "b", "b", "a", "a", "b"]
     assert results == {"a": [1, 4, 5], "b": [2, 3, 6]}
+
+
+@pytest.mark.ray
+def test_engines_compares_the_pykka_and_ray_engines_at_c64_without_errors(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="the engines benchmark needs Ray: pip install '.[test,ray]'")
+    document = run_smoke("engines", tmp_path)
+    sides = document["results"]["c=64"]
+    assert list(sides) == ["pykka engine", "ray engine"]
+    for side in sides.values():
+        assert side["best"]["requests"] > 0
+        assert side["best"]["errors"] == 0
+    assert sides["pykka engine"]["rps_ratio_to_pykka"] == 1.0

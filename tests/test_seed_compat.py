@@ -22,6 +22,7 @@ def seed_server() -> Server:
     return runpy.run_path(str(EXAMPLES / "seed_server.py"))["server"]
 
 
+@pytest.mark.usefixtures("engine")
 def test_seed_server_and_seed_client_produce_the_seed_replies(seed_server):
     source = (EXAMPLES / "seed_client.py").read_text()
     assert source.count("http://localhost:8000/arc") == 2
@@ -38,6 +39,7 @@ def test_seed_server_and_seed_client_produce_the_seed_replies(seed_server):
     ]
 
 
+@pytest.mark.usefixtures("engine")
 def test_seed_server_keeps_a_client_chosen_chat_id(seed_server):
     with serving(seed_server) as running:
         hello = {"role": "user", "parts": [{"type": "text", "content": "hello"}]}
@@ -47,6 +49,7 @@ def test_seed_server_keeps_a_client_chosen_chat_id(seed_server):
     assert answer["result"]["chat"]["chatId"] == "chat-mine"
 
 
+@pytest.mark.usefixtures("engine")
 def test_seed_health_keys_are_kept(seed_server):
     with serving(seed_server) as running:
         health = run(Client(running.url).health())
@@ -56,6 +59,7 @@ def test_seed_health_keys_are_kept(seed_server):
     assert set(health["agents"]) == {"finance-agent", "hr-agent", "support-agent"}
 
 
+@pytest.mark.usefixtures("engine")
 def test_arc_exception_from_a_seed_style_handler_is_answered_with_its_code_message_and_details():
     assert ARCException is ARCError is ARCExceptionFromSeedPath
     server = Server(server_id="errors")

@@ -41,6 +41,7 @@ class Healthy(Agent):
         return {"ok": True}
 
 
+@pytest.mark.usefixtures("engine")
 def test_agent_crashing_on_every_third_message_under_load_loses_nothing_and_is_restarted_per_crash():
     server = Server(server_id="load")
     server.add_agent(EveryThirdCrashes)
@@ -95,6 +96,7 @@ class CrashesOnRequest(Agent):
         return {"instance": self.instance}
 
 
+@pytest.mark.usefixtures("engine")
 def test_request_queued_behind_a_crashing_one_is_answered_by_the_restarted_instance():
     CrashesOnRequest.instances = itertools.count(1)
     server = Server(server_id="queue")
@@ -116,6 +118,7 @@ def test_request_queued_behind_a_crashing_one_is_answered_by_the_restarted_insta
     assert health["agents"]["crashy"]["status"] == "running"
 
 
+@pytest.mark.usefixtures("engine")
 def test_always_crashing_agent_escalates_to_failed_and_answers_not_available_at_once_until_restarted():
     CrashesOnRequest.instances = itertools.count(1)
     server = Server(server_id="escalation")
@@ -165,6 +168,7 @@ class Sleeper(Agent):
         return {"slept": params.get("sleep", 0)}
 
 
+@pytest.mark.usefixtures("engine")
 def test_hung_handler_is_answered_with_agent_timeout_and_the_agent_serves_again_at_once():
     server = Server(server_id="hang")
     server.add_agent(Sleeper)
@@ -191,6 +195,7 @@ def test_hung_handler_is_answered_with_agent_timeout_and_the_agent_serves_again_
     assert health["agents"]["sleeper"]["status"] == "running"
 
 
+@pytest.mark.usefixtures("engine")
 def test_hang_threshold_comes_from_the_environment_unless_the_agent_has_its_own(monkeypatch):
     monkeypatch.setenv("ARC_HANG_AFTER_S", "1")
     server = Server(server_id="env-hang")
@@ -219,6 +224,7 @@ def test_bad_hang_threshold_in_the_environment_is_a_clear_error(monkeypatch):
         server.create_app()
 
 
+@pytest.mark.usefixtures("engine")
 def test_policy_on_a_decorated_handler_applies_to_its_agent_and_two_policies_are_an_error():
     server = Server(server_id="decorated")
     tight = RestartPolicy(max_restarts=0)
@@ -278,6 +284,7 @@ class Chaotic(Agent):
         return {"ok": True}
 
 
+@pytest.mark.usefixtures("engine")
 def test_mixed_crashes_and_hangs_lose_nothing_and_restarts_equal_faults():
     import random
 
@@ -342,6 +349,7 @@ class SlowToStartOnce(Agent):
         return {"instance": self.instance}
 
 
+@pytest.mark.usefixtures("engine")
 def test_hung_on_start_is_abandoned_and_requests_queued_meanwhile_are_served_by_the_next_instance():
     SlowToStartOnce.instances = itertools.count(1)
     server = Server(server_id="slow-start")

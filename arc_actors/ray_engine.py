@@ -1,0 +1,729 @@
+"""The Ray engine: each agent is one named Ray actor, in its own worker process, on any node of a cluster.
+
+Two halves, one per process:
+
+* :class:`AgentHost` runs inside the Ray actor. It is an asyncio actor that owns the agent's mailbox
+  (callers wait for one of ``concurrency`` slots, first come first served, at most ``mailbox_size``
+  waiting) and its supervision: each slot is one agent instance with its own thread, so a blocking or
+  hung handler never stalls the actor, and a crash or hang is decided by a
+  :class:`~arc_actors.supervisor.Supervisor` with the agent's own :class:`RestartPolicy`, in the
+  process where it happened, before the next queued message is taken (as in the in-process engine).
+* :class:`RayEngine` runs in the gateway. It sends requests to the hosts, keeps the latest status each
+  reports for ``/health`` (never waiting on an actor to answer it), and supervises the processes
+  themselves: a host whose process dies (``ray.kill``, ``os._exit``, a lost node) is made anew, after
+  the policy's backoff, under the same policy and failure window; the requests it held are answered
+  -41002 at once. Ray's own actor restarts are off (``max_restarts=0``): the one policy users configure
+  is ours.
+
+The runtime's wraps (managed chats and tasks) run here, in the gateway, around a proxy of the agent,
+so they use the gateway's store; only the agent's own code is shipped to Ray (by cloudpickle, so
+classes and closures defined in ``__main__`` or in an APP file travel by value).
+
+Actors are named ``agent_id`` in the namespace ``arc_actors-<server_id>`` (or ``ray_namespace``) and
+found with ``get_if_exists``, so every gateway of one app reaches the same actors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import sys
+import threading
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import msgspec
+from loguru import logger
+
+from arc_actors.agent import Agent, AgentSpec, Context, Handler
+from arc_actors.engine import (
+    AgentState,
+    AgentStatus,
+    EngineUnavailable,
+    crash_record,
+    hung,
+    mailbox_full,
+    not_available,
+    serve_request,
+    timed_out,
+)
+from arc_actors.exceptions import ARCError, internal_error
+from arc_actors.protocol import ErrorObject, Outcome
+from arc_actors.streaming import collect
+from arc_actors.supervisor import RestartPolicy, Supervisor
+
+RAY_MISSING = "the ray engine needs Ray: pip install 'arc-actors[ray]'"
+CONTROL_CALLS = 8
+"""Room in a host's ``max_concurrency`` beyond its mailbox and slots, for status polls and control."""
+POLL_BUSY_S = 0.1
+"""How often the gateway refreshes the status of an agent it has requests in flight with."""
+POLL_IDLE_S = 1.0
+"""How often it checks on an idle agent: how soon a process that died idle is noticed and replaced."""
+STOP_POLL_S = 0.01
+NAME_RELEASE_WAIT_S = 10.0
+"""How long a replacement waits for the cluster to record its predecessor's death."""
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a one-line error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise EngineUnavailable(RAY_MISSING) from None
+    return ray
+
+
+class HostStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What a host reports with every answer and poll. ``seq`` orders reports that arrive out of order;
+    ``failure_ages`` is its supervisor's window, carried over if its process dies."""
+
+    seq: int
+    state: AgentState
+    restarts: int
+    escalations: int
+    mailbox: int
+    busy: int
+    up_s: float
+    last_crash: dict[str, str] | None
+    failure_ages: list[float]
+
+
+class Reply(msgspec.Struct, frozen=True):
+    """A host's answer to one request: the JSON-encoded result, or the error to answer with."""
+
+    result: bytes | None
+    error: ErrorObject | None
+    status: HostStatus
+
+
+class _Slot:
+    """One agent instance and the one thread that runs it; a hung slot's thread is abandoned."""
+
+    def __init__(self, agent_id: str) -> None:
+        self._name = f"arc-{agent_id}"
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self._name)
+        self._local = threading.local()
+        self.agent: Agent | None = None
+        self.handlers: dict[str, Handler] = {}
+
+    def submit(self, function: Any, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.wrap_future(self._thread.submit(function, *args))
+
+    def complete(self, value: Any) -> Any:
+        """In the slot's thread: run an awaitable (an async generator: to its joined deltas) to its end
+        on the thread's own loop, as the in-process engine does."""
+        if inspect.isasyncgen(value):
+            value = collect(value)
+        if not inspect.isawaitable(value):
+            return value
+        loop = getattr(self._local, "loop", None)
+        if loop is None:
+            loop = self._local.loop = asyncio.new_event_loop()
+        return loop.run_until_complete(value)
+
+    def abandon(self) -> None:
+        """Leave the thread to whatever it is stuck in, for a fresh one."""
+        self._thread.shutdown(wait=False, cancel_futures=True)
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self._name)
+        self._local = threading.local()
+        self.agent, self.handlers = None, {}
+
+
+class _NoCalls:
+    """``context.call`` inside a Ray actor: not offered yet, said plainly."""
+
+    def call_from(self, context: Context, agent_id: str, method: str, params: dict[str, Any]) -> Any:
+        raise RuntimeError("context.call is not available on the ray engine yet; use the pykka engine")
+
+
+class AgentHost:
+    """The Ray actor of one agent (see the module docstring). Made by :class:`RayEngine`, not by users."""
+
+    def __init__(
+        self,
+        agent_id: str,
+        factory: bytes,
+        sys_path: list[str],
+        policy: RestartPolicy,
+        hang_after_s: float,
+        concurrency: int,
+        mailbox_size: int,
+        failure_ages: list[float],
+    ) -> None:
+        sys.path.extend(entry for entry in sys_path if entry not in sys.path)  # where the agent's modules are
+        from ray import cloudpickle
+
+        self._agent_id = agent_id
+        self._factory = cloudpickle.loads(factory)
+        self._supervisor = Supervisor({}, policy, hang_after_s)
+        self._supervisor.remember(agent_id, failure_ages)
+        self._hang_after_s = hang_after_s
+        self._concurrency = concurrency
+        self._mailbox_size = mailbox_size
+        self._slots: list[_Slot] = []
+        self._free: asyncio.Queue[_Slot | None] = asyncio.Queue()
+        self._restarting: set[asyncio.Task[None]] = set()
+        self._down = 0
+        """Slots being (re)started: the agent is ``restarting`` while any is."""
+        self._seq = 0
+        self._waiting = 0
+        self._busy = 0
+        self._restarts = 0
+        self._escalations = 0
+        self._failed = False
+        self._last_crash: dict[str, str] | None = None
+        self._started_at = time.monotonic()
+        self._log = logger.bind(agent_id=agent_id)
+
+    async def ready(self) -> HostStatus:
+        """Make the first instances; answered once each slot has one, or the agent has failed."""
+        if not self._slots:
+            await self._start_all()
+        return self.status()
+
+    def status(self) -> HostStatus:
+        self._seq += 1
+        state = AgentState.FAILED if self._failed else AgentState.RESTARTING if self._down else AgentState.RUNNING
+        return HostStatus(
+            seq=self._seq,
+            state=state,
+            restarts=self._restarts,
+            escalations=self._escalations,
+            mailbox=self._waiting,
+            busy=self._busy,
+            up_s=time.monotonic() - self._started_at,
+            last_crash=self._last_crash,
+            failure_ages=self._supervisor.failure_ages(self._agent_id),
+        )
+
+    async def call(self, method: str, params: dict[str, Any], context: Context) -> Reply:
+        """Serve one request when a slot is free, in arrival order."""
+        if self._failed:
+            return self._reply(error=self._refused())
+        if self._waiting >= self._mailbox_size:
+            return self._reply(error=mailbox_full(self._agent_id, self._mailbox_size))
+        self._waiting += 1
+        try:
+            slot = await self._free.get()
+        finally:
+            self._waiting -= 1
+        if slot is None:  # woken by the agent's failure
+            return self._reply(error=self._refused())
+        context._caller = _NoCalls()
+        self._busy += 1
+        try:
+            outcome, crash = await asyncio.wait_for(
+                slot.submit(serve_request, slot.handlers[method], params, context, slot.complete), self._hang_after_s
+            )
+        except TimeoutError:
+            reason = f"{method} hung for more than {self._hang_after_s} s"
+            self._log.error("watchdog: {} {}; abandoning its thread", self._agent_id, reason)
+            slot.abandon()
+            self._supervise(slot, "Hang", reason)
+            return self._reply(error=hung(self._agent_id, self._hang_after_s))
+        finally:
+            self._busy -= 1
+        if crash is not None:
+            self._supervise(slot, type(crash).__name__, str(crash))
+        else:
+            self._free.put_nowait(slot)
+        if isinstance(outcome, ErrorObject):
+            return self._reply(error=outcome)
+        return self._reply(result=bytes(outcome))
+
+    async def revive(self) -> HostStatus:
+        """Bring a failed agent back with fresh instances and a forgotten failure history."""
+        if not self._failed:
+            raise ValueError(f"agent {self._agent_id!r} is not failed: only a failed agent is restarted by hand")
+        while not self._free.empty():
+            self._free.get_nowait()
+        self._supervisor.forget(self._agent_id)
+        self._failed = False
+        await self._start_all()
+        return self.status()
+
+    async def shutdown(self) -> None:
+        """Run every instance's ``on_stop`` in its thread, before the actor is killed."""
+        for slot in self._slots:
+            if slot.agent is not None:
+                with _logged(self._log, "on_stop raised"):
+                    await slot.submit(slot.complete, slot.agent.on_stop())
+
+    async def _start_all(self) -> None:
+        self._slots = [_Slot(self._agent_id) for _ in range(self._concurrency)]
+        self._down += len(self._slots)
+        await asyncio.gather(*(self._start(slot, 0.0) for slot in self._slots))
+
+    def _reply(self, result: bytes | None = None, error: ErrorObject | None = None) -> Reply:
+        return Reply(result, error, self.status())
+
+    def _refused(self) -> ErrorObject:
+        return not_available(self._agent_id, "has failed and awaits a restart", self._last_crash)
+
+    def _supervise(self, slot: _Slot, kind: str, message: str) -> None:
+        """Decide on a crash or hang and count the restart before the crashing request is answered; the
+        slot comes back to the mailbox only with a fresh instance."""
+        self._last_crash = crash_record(kind, message)
+        decision = self._supervisor.on_failure(self._agent_id, f"{kind}: {message}")
+        if not decision.restart:
+            self._fail()
+            return
+        self._restarts += 1
+        self._down += 1
+        task = asyncio.get_running_loop().create_task(self._start(slot, decision.delay_s, release=True))
+        self._restarting.add(task)
+        task.add_done_callback(self._restarting.discard)
+
+    async def _start(self, slot: _Slot, delay_s: float, *, release: bool = False) -> None:
+        """After ``delay_s``, a fresh instance in ``slot`` (``release``: the old one's ``on_stop`` first);
+        a failing or hung start is a failure like any other. The caller counted the slot down."""
+        try:
+            await self._restart_slot(slot, delay_s, release)
+        finally:
+            self._down -= 1
+
+    async def _restart_slot(self, slot: _Slot, delay_s: float, release: bool) -> None:
+        if release and slot.agent is not None:
+            with _logged(self._log, "on_stop raised"):
+                await slot.submit(slot.complete, slot.agent.on_stop())
+        await asyncio.sleep(delay_s)
+        try:
+            await asyncio.wait_for(slot.submit(self._make, slot), self._hang_after_s)
+        except TimeoutError:
+            reason = f"on_start hung for more than {self._hang_after_s} s"
+            self._log.error("watchdog: {} {}; abandoning its thread", self._agent_id, reason)
+            slot.abandon()
+            self._supervise(slot, "Hang", reason)
+            return
+        except BaseException as exc:  # noqa: BLE001 - whatever on_start raises stays in this agent
+            self._log.opt(exception=exc).error("agent failed to start")
+            self._supervise(slot, type(exc).__name__, str(exc))
+            return
+        if self._failed:
+            return
+        self._started_at = time.monotonic()
+        self._free.put_nowait(slot)
+
+    def _make(self, slot: _Slot) -> None:
+        agent = self._factory()
+        slot.complete(agent.on_start())
+        slot.agent, slot.handlers = agent, agent.handlers()
+
+    def _fail(self) -> None:
+        """Give up: every waiting request and every new one is answered -41002."""
+        self._failed = True
+        self._escalations += 1
+        for _ in range(self._waiting):
+            self._free.put_nowait(None)
+
+
+class _logged:
+    """Log, not raise, what a clean-up step raises."""
+
+    def __init__(self, log: Any, what: str) -> None:
+        self._log, self._what = log, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> bool:
+        if exc is not None and isinstance(exc, Exception):
+            self._log.opt(exception=exc).error(self._what)
+            return True
+        return False
+
+
+class _Answered(Exception):
+    """The host (or the gateway for it) answered the request with an error: it passes the runtime's
+    wraps untouched, as a crash would, and becomes the answer."""
+
+    def __init__(self, outcome: ErrorObject) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+class _Cell:
+    """The gateway's record of one agent: its host, what the host last reported, and the requests this
+    gateway has in flight with it."""
+
+    def __init__(self, spec: AgentSpec, mailbox_size: int, request_timeout_s: float | None) -> None:
+        self.spec = spec
+        self.mailbox_size = mailbox_size
+        self.request_timeout_s = request_timeout_s
+        self.host: Any = None
+        self.owned = False
+        self.generation = 0
+        self.report: HostStatus | None = None
+        self.restarts_before = 0
+        self.escalations_before = 0
+        self.failed = False
+        self.stopping = False
+        self.last_crash: dict[str, str] | None = None
+        self.ready = asyncio.Event()
+        self.in_flight: set[asyncio.Future[Outcome]] = set()
+        self.polled_at = 0.0
+        self.handlers: dict[str, Handler] = {}
+
+    def observe(self, report: HostStatus) -> None:
+        if self.report is None or report.seq > self.report.seq:
+            self.report = report
+            if report.last_crash is not None:
+                self.last_crash = report.last_crash
+
+    @property
+    def state(self) -> AgentState:
+        if self.failed:
+            return AgentState.FAILED
+        if self.stopping and self.host is None:
+            return AgentState.STOPPED
+        if not self.ready.is_set():
+            return AgentState.STARTING if self.generation == 0 else AgentState.RESTARTING
+        return self.report.state if self.report is not None else AgentState.STARTING
+
+
+class _Proxy(Agent):
+    """The gateway's stand-in for an agent's instance: each of its handlers is a request to the host,
+    so the runtime's wraps run around it here, with the gateway's store."""
+
+    def __init__(self, engine: RayEngine, cell: _Cell) -> None:
+        self._engine, self._cell = engine, cell
+
+    def handlers(self) -> dict[str, Handler]:
+        return {method: self._remote(method) for method in self._cell.spec.own_methods}
+
+    def _remote(self, method: str) -> Handler:
+        async def remote(params: dict[str, Any], context: Context) -> Any:
+            reply = await self._engine._request(self._cell, method, params, context)
+            return msgspec.json.decode(reply)
+
+        return remote
+
+
+class RayEngine:
+    """The :class:`~arc_actors.engine.Engine` over a Ray cluster (see the module docstring).
+
+    ``address`` is the cluster's (``"auto"``, ``"ray://host:10001"``, ...); None starts a local Ray in
+    this process unless one is running already. ``namespace`` is where the agents' actors are named."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        mailbox_size: int,
+        request_timeout_s: float | None,
+        *,
+        address: str | None,
+        namespace: str,
+    ) -> None:
+        self._ray = import_ray()
+        if not self._ray.is_initialized():
+            self._ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        self._supervisor = supervisor
+        self._default_mailbox_size = mailbox_size
+        self._default_request_timeout_s = request_timeout_s
+        self._namespace = namespace
+        self._cells: dict[str, _Cell] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._host_class = self._ray.remote(max_restarts=0)(AgentHost)
+
+    # -- the Engine interface --
+
+    def spawn(self, spec: AgentSpec) -> None:
+        if spec.agent_id in self._cells:
+            raise ValueError(f"agent {spec.agent_id!r} is already running")
+        cell = _Cell(
+            spec,
+            spec.mailbox_size or self._default_mailbox_size,
+            spec.request_timeout_s or self._default_request_timeout_s,
+        )
+        cell.handlers = spec.dress(_Proxy(self, cell)).handlers()
+        self._loop = asyncio.get_running_loop()
+        self._cells[spec.agent_id] = cell
+        self._connect(cell)
+
+    def ask(self, agent_id: str, method: str, params: dict[str, Any], context: Context) -> Awaitable[Outcome]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        cell = self._cells[agent_id]
+        refused = self._refusal(cell)
+        if refused is not None:
+            future.set_result(refused)
+            return future
+        cell.in_flight.add(future)
+        future.add_done_callback(cell.in_flight.discard)
+        self._background(self._answer(cell, method, params, context, future))
+        if cell.request_timeout_s is not None:
+            timer = loop.call_later(
+                cell.request_timeout_s, _resolve, future, timed_out(agent_id, cell.request_timeout_s)
+            )
+            future.add_done_callback(lambda _: timer.cancel())
+        return future
+
+    def restart(self, agent_id: str) -> None:
+        """Bring a failed agent back: a failed host revives its instances; a host given up on after its
+        process died is made anew. Blocks for the revival (call it off the event loop)."""
+        cell = self._cells[agent_id]
+        if cell.state is not AgentState.FAILED:
+            raise ValueError(f"agent {agent_id!r} is {cell.state.value}: only a failed agent is restarted by hand")
+        self._supervisor.forget(agent_id)
+        if cell.failed:  # the gateway gave up on its process
+            self._on_loop(self._reconnect, cell)
+        else:
+            cell.observe(self._ray.get(cell.host.revive.remote()))
+        logger.bind(agent_id=agent_id).warning("{} restarted by hand", agent_id)
+
+    def _reconnect(self, cell: _Cell) -> None:
+        cell.failed = False
+        cell.generation += 1
+        cell.ready.clear()
+        self._connect(cell)
+
+    def _on_loop(self, function: Any, *args: Any) -> None:
+        """Run ``function`` on the gateway's loop and wait for it, from whichever thread."""
+        try:
+            here = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            here = False
+        if here:
+            function(*args)
+            return
+
+        async def run() -> None:
+            function(*args)
+
+        asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+
+    def status(self, agent_id: str) -> AgentStatus:
+        cell = self._cells[agent_id]
+        report = cell.report
+        return AgentStatus(
+            state=cell.state,
+            restarts=cell.restarts_before + (report.restarts if report else 0),
+            escalations=cell.escalations_before + (report.escalations if report else 0),
+            mailbox=report.mailbox if report else 0,
+            busy=report.busy if report else 0,
+            uptime_s=round(report.up_s, 3) if report else 0.0,
+            last_crash=cell.last_crash,
+        )
+
+    async def watch_for_hangs(self) -> None:
+        """Hangs are cut inside each host; here, until cancelled, the hosts' statuses are refreshed
+        (often while requests are in flight) and a host whose process died idle is noticed and replaced."""
+        while True:
+            await asyncio.sleep(POLL_BUSY_S)
+            now = time.monotonic()
+            due = [
+                cell
+                for cell in self._cells.values()
+                if cell.ready.is_set()
+                and not cell.failed
+                and now - cell.polled_at >= (POLL_BUSY_S if cell.in_flight else POLL_IDLE_S)
+            ]
+            for cell in due:
+                cell.polled_at = now
+            await asyncio.gather(*(self._poll(cell) for cell in due))
+
+    async def drain(self, timeout_s: float) -> dict[str, int]:
+        for cell in self._cells.values():
+            cell.stopping = True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(cell.in_flight for cell in self._cells.values()):
+            await asyncio.sleep(STOP_POLL_S)
+        unserved: dict[str, int] = {}
+        for agent_id, cell in self._cells.items():
+            left = list(cell.in_flight)
+            for future in left:
+                why = "stopped before serving this request: the server shut down"
+                _resolve(future, not_available(agent_id, why, cell.last_crash))
+            if left:
+                unserved[agent_id] = len(left)
+        return unserved
+
+    def stop(self, timeout_s: float) -> list[str]:
+        """Run the ``on_stop`` of the agents this gateway started and end their actors; agents started by
+        another gateway are left to it."""
+        deadline = time.monotonic() + timeout_s
+        owned = {agent_id: cell for agent_id, cell in self._cells.items() if cell.owned and cell.host is not None}
+        for cell in self._cells.values():
+            cell.stopping = True
+        stopping = {agent_id: cell.host.shutdown.remote() for agent_id, cell in owned.items()}
+        done = []
+        if stopping:
+            done, _ = self._ray.wait(list(stopping.values()), num_returns=len(stopping), timeout=timeout_s)
+        busy = [agent_id for agent_id, ref in stopping.items() if ref not in done]
+        for cell in owned.values():
+            self._ray.kill(cell.host, no_restart=True)
+            cell.host = None
+        for agent_id in owned:  # the names are free again before this returns
+            while time.monotonic() < deadline and self._named(agent_id) is not None:
+                time.sleep(STOP_POLL_S)
+        return busy
+
+    # -- the gateway's half of supervision --
+
+    def _refusal(self, cell: _Cell) -> ErrorObject | None:
+        agent_id = cell.spec.agent_id
+        if cell.state is AgentState.FAILED:
+            return not_available(agent_id, "has failed and awaits a restart", cell.last_crash)
+        if cell.stopping:
+            return not_available(agent_id, "is stopping: the server is shutting down", cell.last_crash)
+        if len(cell.in_flight) >= cell.mailbox_size + cell.spec.concurrency:
+            return mailbox_full(agent_id, cell.mailbox_size)
+        return None
+
+    async def _answer(
+        self, cell: _Cell, method: str, params: dict[str, Any], context: Context, future: asyncio.Future[Outcome]
+    ) -> None:
+        try:
+            if cell.spec.layers:
+                outcome: Outcome = msgspec.Raw(msgspec.json.encode(await cell.handlers[method](params, context)))
+            else:
+                outcome = msgspec.Raw(await self._request(cell, method, params, context))
+        except _Answered as answered:
+            outcome = answered.outcome
+        except ARCError as exc:
+            outcome = exc.to_error_object()
+        except Exception as exc:  # noqa: BLE001 - a failure in the runtime's wraps answers -32603, never a hang
+            outcome = internal_error(exc, cell.spec.agent_id, context.trace_id, method)
+        _resolve(future, outcome)
+
+    async def _request(self, cell: _Cell, method: str, params: dict[str, Any], context: Context) -> bytes:
+        """One request to the agent's host: its encoded result, or :class:`_Answered` with its error."""
+        await cell.ready.wait()
+        if cell.failed:
+            raise _Answered(not_available(cell.spec.agent_id, "has failed and awaits a restart", cell.last_crash))
+        generation = cell.generation
+        try:
+            reply: Reply = await cell.host.call.remote(method, params, _shipped(context))
+        except self._ray.exceptions.RayActorError as exc:
+            self._died(cell, generation, exc)
+            why = "lost its worker process with this request in flight; it may or may not have run"
+            raise _Answered(not_available(cell.spec.agent_id, why, cell.last_crash)) from None
+        cell.observe(reply.status)
+        if reply.error is not None:
+            raise _Answered(reply.error)
+        return reply.result
+
+    async def _poll(self, cell: _Cell) -> None:
+        generation = cell.generation
+        try:
+            cell.observe(await cell.host.status.remote())
+        except self._ray.exceptions.RayActorError as exc:
+            self._died(cell, generation, exc)
+
+    def _died(self, cell: _Cell, generation: int, exc: BaseException) -> None:
+        """The host's process is gone: restart it under the agent's policy, its failure window carried
+        over from the host's last report, or give the agent up."""
+        if generation != cell.generation or cell.stopping:
+            return  # another request saw this death first, or the server is stopping
+        agent_id = cell.spec.agent_id
+        cell.generation += 1
+        cell.ready.clear()
+        message = str(exc).splitlines()[0][:200]
+        cell.last_crash = crash_record("WorkerDied", message)
+        report = cell.report
+        self._supervisor.remember(agent_id, report.failure_ages if report else [])
+        decision = self._supervisor.on_failure(agent_id, f"worker process died: {message}")
+        cell.restarts_before += report.restarts if report else 0
+        cell.escalations_before += report.escalations if report else 0
+        cell.report = None
+        if not decision.restart:
+            cell.failed = True
+            cell.escalations_before += 1
+            cell.ready.set()  # requests waiting for the new host are answered -41002
+            return
+        cell.restarts_before += 1
+        self._background(self._replace(cell, cell.host, decision.delay_s))
+
+    async def _replace(self, cell: _Cell, dead: Any, delay_s: float) -> None:
+        """After ``delay_s``, a new host in place of ``dead``, once Ray has let go of its name (a death
+        is often seen by a caller before the cluster has recorded it, and a killed one releases its name
+        at once)."""
+        self._ray.kill(dead, no_restart=True)
+        await asyncio.sleep(delay_s)
+        deadline = time.monotonic() + NAME_RELEASE_WAIT_S
+        while time.monotonic() < deadline:
+            found = self._named(cell.spec.agent_id)
+            if found is None or found._actor_id != dead._actor_id:
+                break
+            await asyncio.sleep(STOP_POLL_S)
+        self._connect(cell)
+
+    def _connect(self, cell: _Cell) -> None:
+        """Find the agent's actor in the namespace or make it, then wait for it in the background."""
+        spec = cell.spec
+        existing = self._named(spec.agent_id)
+        if existing is not None:
+            cell.host, cell.owned = existing, False
+        else:
+            from ray import cloudpickle
+
+            try:
+                factory = cloudpickle.dumps(spec.factory)
+            except Exception as exc:  # noqa: BLE001 - cloudpickle raises whatever the unpicklable object does
+                raise ValueError(
+                    f"agent {spec.agent_id!r} cannot be sent to a Ray actor: its class, handlers or arguments "
+                    f"hold something that cannot be pickled ({type(exc).__name__}: {exc})"
+                ) from None
+            cell.host = self._host_class.options(
+                name=spec.agent_id,
+                namespace=self._namespace,
+                get_if_exists=True,
+                max_concurrency=cell.mailbox_size + spec.concurrency + CONTROL_CALLS,
+            ).remote(
+                spec.agent_id,
+                factory,
+                list(sys.path),
+                self._supervisor.policy(spec.agent_id),
+                self._supervisor.hang_after_s(spec.agent_id),
+                spec.concurrency,
+                cell.mailbox_size,
+                self._supervisor.failure_ages(spec.agent_id),
+            )
+            cell.owned = True
+        self._background(self._await_ready(cell, cell.generation))
+
+    async def _await_ready(self, cell: _Cell, generation: int) -> None:
+        try:
+            report = await cell.host.ready.remote()
+        except self._ray.exceptions.RayActorError as exc:
+            self._died(cell, generation, exc)  # requests waiting go to its successor, or are refused
+            return
+        if generation == cell.generation:
+            cell.observe(report)
+            cell.ready.set()
+
+    def _named(self, agent_id: str) -> Any:
+        try:
+            return self._ray.get_actor(agent_id, namespace=self._namespace)
+        except ValueError:
+            return None
+
+    def _background(self, coroutine: Any) -> None:
+        """Run ``coroutine`` on the gateway's loop (called on it)."""
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _shipped(context: Context) -> Context:
+    """What of a request's context travels to the host: its data, not the gateway's objects (the
+    router behind ``context.call``, the SSE sink, the task handle)."""
+    shipped = Context(
+        context.request_id,
+        context.method,
+        context.request_agent,
+        context.target_agent,
+        context.trace_id,
+        context.auth,
+        context.call_chain,
+    )
+    shipped.chat = context.chat
+    return shipped
+
+
+def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    if not future.done():
+        future.set_result(outcome)
