@@ -10,7 +10,8 @@ prometheus-client's own Counter, Histogram and Gauge, which take a lock per valu
 against 8.7 µs per request). The scrape copies the tallies under that lock and renders them off the
 event loop: rendering is slow (some 30 µs per line; 100 agents with 5 methods each make 11,000 lines)
 and must not stall requests.
-Agent metrics are read at scrape time from the engine's statuses, which never wait on an actor.
+Agent metrics are read at scrape time from the engine's statuses, which never wait on an actor; the
+open SSE streams and the webhook deliveries likewise, from the gateway's and the webhooks' own counts.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.utils import floatToGoString
 
 from arc_actors.engine import AgentState
-from arc_actors.gateway import ARC_CALL, ARC_OUTCOME, ARC_PATH
+from arc_actors.gateway import ARC_CALL, ARC_OUTCOME, ARC_PATH, Gateway
 from arc_actors.protocol import ARCRequest, ErrorCode, ErrorObject, Outcome
 from arc_actors.router import Router
+from arc_actors.webhooks import Webhooks
 
 METRICS_PATH = "/metrics"
 
@@ -69,10 +71,12 @@ class _Latencies:
 
 
 class Metrics:
-    """The metrics of one server's ``/arc`` requests and agents."""
+    """The metrics of one server's ``/arc`` requests, agents, SSE streams and webhook deliveries."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, gateway: Gateway, webhooks: Webhooks) -> None:
         self._router = router
+        self._gateway = gateway
+        self._webhooks = webhooks
         self._methods = {agent_id: frozenset(router.methods_of(agent_id)) for agent_id in router.agent_ids}
         self._requests: dict[tuple[str, str, str], int] = {}
         self._latencies: dict[tuple[str, str], _Latencies] = {}
@@ -125,6 +129,18 @@ class Metrics:
         """The registry's view of this server (prometheus-client's ``Collector`` protocol); any thread."""
         yield from self._collect_requests()
         yield from self._collect_agents()
+        yield GaugeMetricFamily(
+            "arc_sse_streams_open", "SSE (stream: true) answers being written now.", value=self._gateway.streams_open
+        )
+        deliveries = CounterMetricFamily(
+            "arc_webhook_deliveries",
+            "Webhook deliveries ended, by outcome: delivered (2xx), failed (retries exhausted), gone (410: "
+            "subscription deactivated), dropped (queue full or server stopping).",
+            labels=["outcome"],
+        )
+        for outcome, count in self._webhooks.counts().items():
+            deliveries.add_metric([outcome], count)
+        yield deliveries
 
     def _labels(self, call: ARCRequest | None) -> tuple[str, str]:
         if call is None:
