@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from aiohttp import web
-from conftest import Receiver, run, wait_until
+from conftest import Receiver, arc_post, envelope, run, serving_process, wait_until
 
 from arc_actors import Agent, ARCError, Client, InputRequired, MemoryStore, Server, handles
 from arc_actors.webhooks import Subscription, WebhookConfig, sign
@@ -374,3 +374,53 @@ def test_a_delivery_body_is_the_exact_json_that_is_signed():
     body = json.dumps({"event": "TASK_COMPLETED"}).encode()
     assert receiver_example.signature_ok(SECRET.encode(), body, sign(SECRET, body))
     assert not receiver_example.signature_ok(SECRET.encode(), body + b" ", sign(SECRET, body))
+
+
+def test_a_task_and_its_subscription_survive_a_restart_of_the_server_process_on_the_same_sqlite_file(tmp_path, stopper):
+    env = {"ARC_STATE_PATH": str(tmp_path / "state.db"), "ARC_WEBHOOK_SECRET": SECRET}
+    events = ["TASK_RESUMED", "NEW_ARTIFACT", "TASK_COMPLETED"]
+
+    def task_call(port: int, method: str, **params) -> dict:
+        return arc_post(port, envelope("report-agent", method, params))
+
+    def wait_for_status(port: int, task_id: str, status: str) -> dict:
+        deadline = time.monotonic() + 10
+        while (task := task_call(port, "task.info", taskId=task_id)["result"]["task"])["status"] != status:
+            assert time.monotonic() < deadline, f"task never {status}"
+            time.sleep(0.02)
+        return task
+
+    def first_life(url: str) -> tuple[dict, dict]:
+        with serving_process(stopper, env) as port:
+            created = task_call(port, "task.create", initialMessage=said("quarterly report"))["result"]["task"]
+            asked = wait_for_status(port, created["taskId"], "INPUT_REQUIRED")
+            subscribed = task_call(port, "task.subscribe", taskId=created["taskId"], callbackUrl=url, events=events)
+        return asked, subscribed["result"]["subscription"]
+
+    def second_life(task_id: str, receiver: Receiver) -> tuple[dict, dict]:
+        with serving_process(stopper, env) as port:
+            restored = task_call(port, "task.info", taskId=task_id)["result"]["task"]
+            task_call(port, "task.send", taskId=task_id, message=said("2026-Q1"))
+            completed = wait_for_status(port, task_id, "COMPLETED")
+            deadline = time.monotonic() + 10
+            while len(receiver.requests) < len(events):
+                assert time.monotonic() < deadline, "deliveries never arrived"
+                time.sleep(0.02)
+        return restored, completed
+
+    async def lives() -> tuple[dict, dict, dict, dict, Receiver]:
+        async with Receiver() as receiver:
+            asked, subscription = await asyncio.to_thread(first_life, receiver.url)
+            restored, completed = await asyncio.to_thread(second_life, asked["taskId"], receiver)
+        return asked, subscription, restored, completed, receiver
+
+    asked, subscription, restored, completed, receiver = run(lives())
+    assert restored == asked
+    assert restored["messages"][-1]["parts"][0]["content"].startswith("Which quarter")
+    assert (completed["createdAt"], completed["progress"]) == (asked["createdAt"], 1.0)
+    assert [artifact["name"] for artifact in completed["artifacts"]] == ["report-2026-Q1"]
+    assert completed["messages"][-1]["parts"][0]["content"] == "Report for 2026-Q1 ready."
+    assert sorted(receiver.events) == sorted(events)
+    for headers, body in receiver.requests:
+        assert receiver_example.signature_ok(SECRET.encode(), body, headers["X-ARC-Signature"])
+        assert json.loads(body)["subscriptionId"] == subscription["subscriptionId"]
