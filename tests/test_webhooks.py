@@ -250,6 +250,25 @@ def test_a_receiver_that_never_answers_delays_neither_the_agent_nor_other_reques
     assert received == 1
 
 
+def test_deliveries_beyond_a_full_queue_are_dropped_and_counted(serve):
+    steps = [threading.Event(), threading.Event()]
+    running = serve(stepper_server(steps, queue_size=1, workers=1, timeout_s=20))
+
+    async def scenario() -> tuple[dict, str, int]:
+        async with Receiver(hold=True) as receiver, Client(running.url) as client:
+            events = ["NEW_MESSAGE", "NEW_ARTIFACT", "TASK_COMPLETED"]
+            task_id, _ = await create_and_subscribe(client, "stepper", receiver.url, events)
+            steps[0].set()  # two events: one goes to the worker, which the receiver then holds
+            await receiver.wait_for(1)
+            steps[1].set()  # three more: one place in the queue at most, the rest dropped
+            await wait_until(lambda: deliveries(running)["dropped"] == 3, "3 deliveries dropped")
+            return deliveries(running), await status_of(client, "stepper", task_id), len(receiver.requests)
+
+    counted, status, received = run(scenario())
+    assert counted == {"delivered": 0, "failed": 0, "gone": 0, "dropped": 3}
+    assert (status, received) == ("COMPLETED", 1)
+
+
 @pytest.mark.parametrize(
     ("url", "code", "complaint"),
     [
