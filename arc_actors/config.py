@@ -58,6 +58,14 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     engine: str | msgspec.UnsetType = UNSET
     ray_address: str | msgspec.UnsetType = UNSET
     ray_namespace: str | msgspec.UnsetType = UNSET
+    webhook_secret: str | msgspec.UnsetType = UNSET
+    webhook_allow: list[str] | msgspec.UnsetType = UNSET
+    webhook_timeout_s: float | msgspec.UnsetType = UNSET
+    webhook_max_retries: int | msgspec.UnsetType = UNSET
+    webhook_backoff_initial_s: float | msgspec.UnsetType = UNSET
+    webhook_backoff_max_s: float | msgspec.UnsetType = UNSET
+    webhook_queue_size: int | msgspec.UnsetType = UNSET
+    webhook_workers: int | msgspec.UnsetType = UNSET
     restart_policy: RestartPolicy | msgspec.UnsetType = UNSET
 
 
@@ -110,6 +118,8 @@ def _read_file(path: str | Path | None) -> Settings:
 
 
 def _set(server: ServerSettings, name: str, value: Any, source: str, *, strict: bool) -> None:
+    if _FIELD_TYPES[name] == list[str] and isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]  # ARC_WEBHOOK_ALLOW=a,b
     try:
         converted = msgspec.convert(value, _FIELD_TYPES[name], strict=strict)
     except msgspec.ValidationError as exc:

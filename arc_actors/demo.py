@@ -1,14 +1,18 @@
 """The agents ``python -m arc_actors serve`` runs when given no APP: the three agents of the
 "Single Server Deployment" page, replying as its first listing does, written as actor subclasses.
-They return only their reply text: the runtime manages their chats (ids, status, history)."""
+They return only their reply text: the runtime manages their chats (ids, status, history).
+A fourth, ``report-agent``, shows managed tasks: progress, an artifact, and a question when the
+request names no period."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from arc_actors.agent import Agent, Context
 from arc_actors.server import Server
 from arc_actors.supervisor import RestartPolicy
+from arc_actors.tasks import InputRequired
 
 
 def first_text(message: dict[str, Any]) -> str:
@@ -57,9 +61,31 @@ class SupportAgent(KeywordAgent):
     follow_up = "I understand your concern: {}. Let me help you."
 
 
+class ReportAgent(Agent):
+    """Managed tasks: a report for a quarter (``2026-Q1``), asked for when the request names none."""
+
+    agent_id = "report-agent"
+
+    def task_create(self, params: dict[str, Any], context: Context) -> str:
+        period = re.search(r"\b\d{4}-Q[1-4]\b", first_text(params["initialMessage"]))
+        if period is None:
+            raise InputRequired("Which quarter should the report cover? (e.g. 2026-Q1)")
+        return self._report(period.group(), context)
+
+    def task_send(self, params: dict[str, Any], context: Context) -> str:
+        return self._report(first_text(params["message"]).strip(), context)
+
+    def _report(self, period: str, context: Context) -> str:
+        context.task.progress(0.5)
+        artifact = {"name": f"report-{period}", "parts": [{"type": "DataPart", "content": {"period": period}}]}
+        context.task.add_artifact(artifact)
+        context.task.progress(1.0)
+        return f"Report for {period} ready."
+
+
 def build_server(restart_policy: RestartPolicy | None = None) -> Server:
-    """A fresh server with the three demo agents, supervised by ``restart_policy`` (default: the server's)."""
+    """A fresh server with the demo agents, supervised by ``restart_policy`` (default: the server's)."""
     server = Server(server_id="multi-agent-server", description="arc_actors demo agents", restart_policy=restart_policy)
-    for agent_class in (FinanceAgent, HRAgent, SupportAgent):
+    for agent_class in (FinanceAgent, HRAgent, SupportAgent, ReportAgent):
         server.add_agent(agent_class)
     return server

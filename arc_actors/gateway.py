@@ -126,6 +126,8 @@ class Gateway:
         self._config = config
         self._authenticator = authenticator
         self._observer = observer
+        self.streams_open = 0
+        """SSE responses being written now (read by the metrics)."""
 
     def application(self) -> web.Application:
         """A new aiohttp application serving this gateway's routes."""
@@ -232,6 +234,20 @@ class Gateway:
         chat_id = request.params.get("chatId")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(http_request)
+        self.streams_open += 1
+        try:
+            return await self._write_stream(http_request, response, request, identity, chat_id)
+        finally:
+            self.streams_open -= 1
+
+    async def _write_stream(
+        self,
+        http_request: web.Request,
+        response: web.StreamResponse,
+        request: ARCRequest,
+        identity: Identity | None,
+        chat_id: Any,
+    ) -> web.StreamResponse:
         sink = DeltaSink()
         answer = asyncio.ensure_future(self._router.dispatch(request, identity, stream=sink))
         answer.add_done_callback(lambda _: sink.deltas.put_nowait(None))

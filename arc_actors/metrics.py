@@ -5,13 +5,14 @@ servers in one process (tests do this) keep separate counts. Label values come o
 own vocabulary (its agent ids and their methods, the ARC error codes, ``unknown`` and ``other``):
 nothing a caller sends becomes a label value, so no caller can grow the registry.
 
-Requests are tallied as the gateway reports them (:class:`~arc_actors.gateway.ArcObserver`; an aiohttp
+Requests are tallied as the gateway reports them (``ArcObserver``; an aiohttp
 middleware cost some 15 µs more per request), in plain ints under one lock: a third of the cost of
 prometheus-client's own Counter, Histogram and Gauge, which take a lock per value (measured 2.7 µs
 against 8.7 µs per request). The scrape copies the tallies under that lock and renders them off the
 event loop: rendering is slow (some 30 µs per line; 100 agents with 5 methods each make 11,000 lines)
 and must not stall requests.
-Agent metrics are read at scrape time from the engine's statuses, which never wait on an actor.
+Agent metrics are read at scrape time from the engine's statuses, which never wait on an actor; the
+open SSE streams and the webhook deliveries likewise, from the gateway's and the webhooks' own counts.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.utils import floatToGoString
 
 from arc_actors.engine import AgentState
+from arc_actors.gateway import Gateway
 from arc_actors.protocol import ARCRequest, ErrorCode, ErrorObject, Outcome
 from arc_actors.router import Router
+from arc_actors.webhooks import Webhooks
 
 METRICS_PATH = "/metrics"
 
@@ -66,10 +69,12 @@ class _Latencies:
 
 
 class Metrics:
-    """The metrics of one server's ``/arc`` requests and agents."""
+    """The metrics of one server's ``/arc`` requests, agents, SSE streams and webhook deliveries."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, webhooks: Webhooks) -> None:
         self._router = router
+        self._gateway: Gateway | None = None
+        self._webhooks = webhooks
         self._methods = {agent_id: frozenset(router.methods_of(agent_id)) for agent_id in router.agent_ids}
         self._requests: dict[tuple[str, str, str], int] = {}
         self._latencies: dict[tuple[str, str], _Latencies] = {}
@@ -78,9 +83,10 @@ class Metrics:
         self._registry = CollectorRegistry()
         self._registry.register(self)
 
-    def install(self, app: web.Application) -> None:
-        """Serve the metrics of ``app`` at ``GET /metrics``; its gateway tells them of every ``/arc``
-        request (:class:`~arc_actors.gateway.ArcObserver`)."""
+    def install(self, app: web.Application, gateway: Gateway) -> None:
+        """Serve the metrics at ``GET /metrics`` of ``app``, whose ``gateway`` tells them of every ``/arc``
+        request (they are its ``ArcObserver``) and counts its open streams."""
+        self._gateway = gateway
         app.router.add_get(METRICS_PATH, self.handle_scrape)
 
     def arrived(self) -> None:
@@ -112,6 +118,20 @@ class Metrics:
         """The registry's view of this server (prometheus-client's ``Collector`` protocol); any thread."""
         yield from self._collect_requests()
         yield from self._collect_agents()
+        yield GaugeMetricFamily(
+            "arc_sse_streams_open",
+            "SSE (stream: true) answers being written now.",
+            value=0 if self._gateway is None else self._gateway.streams_open,
+        )
+        deliveries = CounterMetricFamily(
+            "arc_webhook_deliveries",
+            "Webhook deliveries ended, by outcome: delivered (2xx), failed (retries exhausted), gone (410: "
+            "subscription deactivated), dropped (queue full or server stopping).",
+            labels=["outcome"],
+        )
+        for outcome, count in self._webhooks.counts().items():
+            deliveries.add_metric([outcome], count)
+        yield deliveries
 
     def _labels(self, call: ARCRequest | None) -> tuple[str, str]:
         if call is None:

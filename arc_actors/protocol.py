@@ -158,6 +158,21 @@ class TaskNotificationParams(msgspec.Struct, rename="camel"):
     data: dict[str, Any]
 
 
+TASK_EVENTS: tuple[str, ...] = (
+    "TASK_CREATED",
+    "TASK_STARTED",
+    "TASK_PAUSED",
+    "TASK_RESUMED",
+    "TASK_COMPLETED",
+    "TASK_FAILED",
+    "TASK_CANCELED",
+    "NEW_MESSAGE",
+    "NEW_ARTIFACT",
+    "STATUS_CHANGE",
+)
+"""The task events a ``task.subscribe`` may name and a ``task.notification`` may carry (arc-sdk's list)."""
+
+
 PARAMS_BY_METHOD: dict[str, type[msgspec.Struct]] = {
     "chat.start": ChatStartParams,
     "chat.message": ChatMessageParams,

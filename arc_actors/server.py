@@ -41,6 +41,7 @@ from arc_actors.store import ServingStore, Store
 from arc_actors.streaming import DEFAULT_KEEPALIVE_S
 from arc_actors.supervisor import RestartPolicy, Supervisor, hang_after_from_env
 from arc_actors.tasks import TaskBook
+from arc_actors.webhooks import WebhookConfig, Webhooks, accept_notifications
 
 H = TypeVar("H", bound=Handler)
 
@@ -109,6 +110,7 @@ class Server:
         engine: str | None = None,
         ray_address: str | None = None,
         ray_namespace: str | None = None,
+        webhooks: WebhookConfig | None = None,
     ) -> None:
         """``restart_policy``, ``mailbox_size`` and ``request_timeout_s`` are the defaults for agents that
         bring none of their own; the policy's ``hang_after_s``, when unset, comes from
@@ -124,6 +126,8 @@ class Server:
         them in memory for as long as the server serves.
         ``stream_keepalive_s`` is how long a streamed (SSE) answer may stay silent before a ``: keep-alive``
         comment frame is sent.
+        ``webhooks`` says how task events are delivered to ``task.subscribe`` callbacks (secret, allow
+        list, timeout, retries, queue); the default delivers anywhere, unsigned.
         ``faults`` turns fault injection on and arms that plan (``FaultPlan()`` arms nothing, to arm
         faults later through ``faults``). Unless injection is turned on before serving, handlers
         are never wrapped.
@@ -134,6 +138,7 @@ class Server:
         self.server_id = server_id
         self.metrics = metrics
         self.store = store
+        self.webhooks = webhooks or WebhookConfig()
         self.restart_policy = restart_policy or RestartPolicy()
         self.mailbox_size = mailbox_size
         self.request_timeout_s = request_timeout_s
@@ -218,6 +223,15 @@ class Server:
         )
         changes = {name: getattr(server, name) for name in gateway_fields if getattr(server, name) is not UNSET}
         self._config = replace(self._config, **changes)
+        hooks = {
+            name.removeprefix("webhook_"): getattr(server, name)
+            for name in server.__struct_fields__
+            if name.startswith("webhook_") and getattr(server, name) is not UNSET
+        }
+        try:
+            self.webhooks = replace(self.webhooks, **hooks)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if settings.auth is not UNSET:
             try:
                 self._set_auth(settings.auth)
@@ -330,8 +344,9 @@ class Server:
         if admin_port is not None:
             self.faults.enable()
         store = ServingStore(self.store)
-        chats, tasks = ChatBook(store), TaskBook(store)
-        specs = self.faults.wire([tasks.manage(chats.manage(spec)) for spec in specs])
+        webhooks = Webhooks(self.webhooks, store)
+        chats, tasks = ChatBook(store), TaskBook(store, webhooks)
+        specs = self.faults.wire([accept_notifications(tasks.manage(chats.manage(spec))) for spec in specs])
         supervisor = Supervisor(
             {spec.agent_id: spec.policy for spec in specs if spec.policy is not None},
             self.restart_policy,
@@ -341,10 +356,11 @@ class Server:
         router = Router(specs, tasks.front(engine))
         if self._authenticator is not None:
             self._authenticator.check_agents(router.agent_ids)
-        metrics = Metrics(router) if self.metrics else None
-        app = Gateway(router, self._config, self._authenticator, metrics).application()
+        metrics = Metrics(router, webhooks) if self.metrics else None
+        gateway = Gateway(router, self._config, self._authenticator, metrics)
+        app = gateway.application()
         if metrics is not None:
-            metrics.install(app)
+            metrics.install(app, gateway)
 
         async def actors(_: web.Application) -> AsyncIterator[None]:
             loop = asyncio.get_running_loop()
@@ -370,6 +386,7 @@ class Server:
             for agent_id, count in unserved.items():
                 logger.warning("{} requests to {} answered -41002 at the drain deadline", count, agent_id)
 
+        app.cleanup_ctx.append(webhooks.serve)  # first in, last out: agents' final events are still queued
         app.cleanup_ctx.append(actors)
         app.on_shutdown.append(drain)
         if admin_port is not None:

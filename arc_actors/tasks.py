@@ -13,6 +13,7 @@ For every agent that answers ``task.create``, the runtime answers ``task.create`
   the task, with messages and artifacts unless ``includeMessages``/``includeArtifacts`` are false.
   ``task.cancel`` makes the task CANCELED and tells its running handler; a COMPLETED task is -42002, a
   CANCELED one -42003, a FAILED one -42006, an unknown one -42001, all with ``taskId`` in details.
+  ``task.subscribe`` records a webhook subscription (``arc_actors.webhooks``).
 * **In the agent's own thread** (``TaskBook.manage``, around its handlers): the run makes the task
   WORKING, calls the handler with ``params["taskId"]`` and ``context.task`` (a ``TaskHandle``), and
   records its end: COMPLETED with the reply it returns (None, a string, a Message dict or a list of
@@ -20,6 +21,10 @@ For every agent that answers ``task.create``, the runtime answers ``task.create`
   INPUT_REQUIRED if it raises ``InputRequired``, FAILED if it raises
   anything else (an ``ARCError``'s code and message, else -42004 with the
   exception's text; the task's failure is not an agent crash, so the agent is not restarted).
+
+**Events.** Every change of a task is saved through :meth:`TaskBook.update`, which turns it into task
+events (:func:`task_events`: NEW_MESSAGE, NEW_ARTIFACT, then the status event) and hands them to the
+webhooks, under the lock that orders the changes, so a task's events are queued in the order they happened.
 
 **Task timeout.** A task's run is a request in the agent's mailbox like any other, so it gets what the
 agent's requests get: the agent's ``request_timeout_s`` when one is set, and its hang threshold
@@ -49,6 +54,7 @@ from arc_actors.store import ServingStore, Store, record_key, utc_now
 
 if TYPE_CHECKING:
     from arc_actors.engine import AgentStatus, Engine
+    from arc_actors.webhooks import Webhooks
 
 SUBMITTED = "SUBMITTED"
 WORKING = "WORKING"
@@ -60,7 +66,13 @@ PRIORITIES = ("LOW", "NORMAL", "HIGH", "URGENT")
 TASK_KIND = "task"
 """The store ``kind`` of task records."""
 
-_FRONT_METHODS = ("task.create", "task.send", "task.info", "task.get", "task.cancel")
+_FRONT_METHODS = ("task.create", "task.send", "task.info", "task.get", "task.cancel", "task.subscribe")
+_STATUS_EVENTS = {
+    COMPLETED: "TASK_COMPLETED",
+    FAILED: "TASK_FAILED",
+    CANCELED: "TASK_CANCELED",
+    INPUT_REQUIRED: "TASK_PAUSED",
+}
 
 
 class Task(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
@@ -173,10 +185,11 @@ _decoder = msgspec.json.Decoder(Task)
 
 class TaskBook:
     """The managed tasks of one serving server, kept in its one ``ServingStore``
-    (opened and closed off the event loop around the agents' life)."""
+    (opened and closed off the event loop around the agents' life); their events go to ``webhooks``."""
 
-    def __init__(self, store: ServingStore) -> None:
+    def __init__(self, store: ServingStore, webhooks: Webhooks) -> None:
         self._serving = store
+        self._webhooks = webhooks
         self._lock = threading.Lock()  # orders read-modify-write of records across threads
         self._runs: dict[str, _Run] = {}
         self._resumable: set[str] = set()
@@ -201,14 +214,17 @@ class TaskBook:
         return _decoder.decode(raw)
 
     def update(self, agent_id: str, task_id: str, change: Callable[[Task], Any], *, live_only: bool = False) -> Task:
-        """Load, change and save the task under the lock; ``live_only`` leaves an ended task as it is."""
+        """Load, change and save the task under the lock, and publish its events; ``live_only`` leaves an
+        ended task as it is."""
         with self._lock:
             task = self.load(agent_id, task_id)
             if live_only and task.status not in (SUBMITTED, WORKING, INPUT_REQUIRED):
                 return task
+            before = (task.status, len(task.messages), len(task.artifacts))
             change(task)
             task.updated_at = utc_now()
             self._save(task)
+            self._webhooks.publish(task, task_events(*before, task))
             return task
 
     # -- in front of the mailbox (called off the event loop) --
@@ -264,6 +280,14 @@ class TaskBook:
             run.cancel()
         logger.bind(agent_id=agent_id).debug("task {} canceled", task.task_id)
         return task
+
+    def subscribe(self, agent_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Record a ``task.subscribe``: its params are checked first (which may resolve a host name),
+        then the task is read and the subscription kept under the lock, so no event falls between."""
+        events = self._webhooks.check(params)
+        with self._lock:
+            task = self.load(agent_id, params["taskId"])
+            return self._webhooks.record(task, params["callbackUrl"], events)
 
     def fail(self, agent_id: str, task_id: str, error: ErrorObject) -> None:
         """End a task whose run was answered with a runtime error (timeout, agent not available)."""
@@ -406,7 +430,29 @@ def _answer_now(book: TaskBook, agent_id: str, method: str, params: dict[str, An
     if method == "task.send":
         book.send(agent_id, params)
         return {"success": True}
+    if method == "task.subscribe":
+        return book.subscribe(agent_id, params)
     return book.cancel(agent_id, params).result()
+
+
+def task_events(status: str, messages: int, artifacts: int, task: Task) -> list[tuple[str, dict[str, Any]]]:
+    """The events of a change that found the task in ``status`` with ``messages`` messages and
+    ``artifacts`` artifacts and left it as ``task``: NEW_MESSAGE and NEW_ARTIFACT for each one added,
+    then TASK_STARTED, TASK_RESUMED, TASK_PAUSED, TASK_COMPLETED, TASK_FAILED or TASK_CANCELED for a
+    new status. Each event's data says the task's status now."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    now = {"status": task.status}
+    events += [("NEW_MESSAGE", {**now, "message": message}) for message in task.messages[messages:]]
+    events += [("NEW_ARTIFACT", {**now, "artifact": artifact}) for artifact in task.artifacts[artifacts:]]
+    if task.status != status:
+        event = _STATUS_EVENTS.get(task.status) or ("TASK_RESUMED" if status == INPUT_REQUIRED else "TASK_STARTED")
+        data = {**now, "previousStatus": status, "updatedAt": task.updated_at}
+        optional = {"completedAt": task.completed_at, "canceledAt": task.canceled_at, "reason": task.reason}
+        data.update({key: value for key, value in optional.items() if value is not None})
+        if task.error is not None:
+            data["error"] = task.error
+        events.append((event, data))
+    return events
 
 
 def _to_working(task: Task) -> None:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from arc_actors import Client, Server
 from arc_actors.testing import RunningServer, serving
@@ -121,6 +124,55 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return request.param
 
 
+class Receiver:
+    """A webhook receiver on a free loopback port (``async with Receiver() as receiver``): it records every
+    POST (headers, body) and answers each with the next of ``statuses``, then 204. With ``hold`` it
+    answers nothing until it is closed, like a receiver that hangs."""
+
+    def __init__(self, statuses: tuple[int, ...] = (), *, hold: bool = False) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self._statuses = list(statuses)
+        self._hold = hold
+        self._closing: asyncio.Event | None = None
+
+    async def __aenter__(self) -> Receiver:
+        self._closing = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/hooks", self._receive)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hooks"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()
+        await self._runner.cleanup()
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
+        if self._hold:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), 30)
+        return web.Response(status=self._statuses.pop(0) if self._statuses else 204)
+
+    @property
+    def events(self) -> list[str]:
+        return [headers["X-ARC-Event"] for headers, _ in self.requests]
+
+    async def wait_for(self, count: int) -> None:
+        """Wait (at most 10 s) until ``count`` requests have arrived."""
+        await wait_until(lambda: len(self.requests) >= count, f"{count} webhook requests")
+
+
+async def wait_until(done: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Poll ``done`` until it holds, failing the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"never saw {what}"
+        await asyncio.sleep(0.01)
+
+
 # Serving as a user does: a real `python -m arc_actors` process.
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,6 +211,19 @@ def arc_post(port: int, request: dict) -> dict:
     body = json.dumps(request).encode()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/arc", data=body, timeout=5) as reply:
         return json.loads(reply.read())
+
+
+@contextlib.contextmanager
+def serving_process(stopper: Callable[[subprocess.Popen], None], env: dict[str, str]) -> Iterator[int]:
+    """``python -m arc_actors serve`` (the demo agents) on a free port, healthy, for the block; then
+    SIGTERM, and it must exit 0. Yields the port."""
+    port = free_port()
+    process = start("serve", "--port", str(port), env=env)
+    stopper(process)
+    wait_healthy(port, process)
+    yield port
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
 
 
 @pytest.fixture

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
-from conftest import arc_post, envelope, free_port, post, run, start, wait_healthy
+from conftest import arc_post, envelope, post, run, serving_process
 
 from arc_actors import Agent, ARCError, Client, Server
 from arc_actors.chats import Chat
@@ -230,27 +229,18 @@ def test_concurrent_messages_to_one_chat_are_all_kept(serve):
 
 def test_chat_survives_a_restart_of_the_server_process_on_the_same_sqlite_file(tmp_path, stopper):
     state = tmp_path / "state.db"
-    opened = []
-    for turn in ("first", "second"):
-        port = free_port()
-        process = start("serve", "--port", str(port), env={"ARC_STATE_PATH": str(state)})
-        stopper(process)
-        wait_healthy(port, process)
-        if turn == "first":
-            started = arc_post(
-                port, envelope("hr-agent", "chat.start", {"chatId": "c-1", "initialMessage": said("salary")})
-            )
-            opened.append(started["result"]["chat"])
-        else:
-            replied = arc_post(port, envelope("hr-agent", "chat.message", {"chatId": "c-1", "message": said("e-7")}))
-            twice = arc_post(port, envelope("hr-agent", "chat.start", {"chatId": "c-1", "initialMessage": said("x")}))
-            ended = arc_post(port, envelope("hr-agent", "chat.end", {"chatId": "c-1"}))
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
+    with serving_process(stopper, {"ARC_STATE_PATH": str(state)}) as port:
+        started = arc_post(
+            port, envelope("hr-agent", "chat.start", {"chatId": "c-1", "initialMessage": said("salary")})
+        )
+    with serving_process(stopper, {"ARC_STATE_PATH": str(state)}) as port:
+        replied = arc_post(port, envelope("hr-agent", "chat.message", {"chatId": "c-1", "message": said("e-7")}))
+        twice = arc_post(port, envelope("hr-agent", "chat.start", {"chatId": "c-1", "initialMessage": said("x")}))
+        ended = arc_post(port, envelope("hr-agent", "chat.end", {"chatId": "c-1"}))
     assert replied["result"]["chat"]["message"]["parts"][0]["content"] == "Let me check that for you: e-7"
     assert twice["error"]["code"] == -32602
     assert ended["result"]["chat"]["status"] == "CLOSED"
-    assert ended["result"]["chat"]["createdAt"] == opened[0]["createdAt"]
+    assert ended["result"]["chat"]["createdAt"] == started["result"]["chat"]["createdAt"]
     store = SQLiteStore(state)
     try:
         chat = msgspec.json.decode(store.load("chat", '["hr-agent","c-1"]'), type=Chat)

@@ -20,7 +20,7 @@ def test_serve_without_app_serves_the_demo_agents_and_stops_cleanly_on_a_signal(
     process = start("serve", "--port", str(port))
     stopper(process)
     health = wait_healthy(port, process)
-    assert set(health["agents"]) == {"finance-agent", "hr-agent", "support-agent"}
+    assert set(health["agents"]) == {"finance-agent", "hr-agent", "support-agent", "report-agent"}
     message = {"role": "user", "parts": [{"type": "text", "content": "Question about salary"}]}
     answer = arc_post(port, envelope("hr-agent", "chat.start", {"initialMessage": message}))
     content = answer["result"]["chat"]["message"]["parts"][0]["content"]

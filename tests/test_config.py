@@ -206,3 +206,23 @@ def test_every_server_setting_reaches_the_server():
     for name, value in values.items():
         holder = server if hasattr(server, name) else server._config
         assert getattr(holder, name) == value, name
+
+
+def test_webhook_settings_reach_the_server_from_the_file_and_the_environment(tmp_path):
+    config = tmp_path / "arc.toml"
+    config.write_text('[server]\nwebhook_allow = ["hooks.example.com"]\nwebhook_max_retries = 2\nwebhook_workers = 3\n')
+    environ = {
+        "ARC_WEBHOOK_SECRET": "s",
+        "ARC_WEBHOOK_ALLOW": "10.0.0.0/8, *.example.com",
+        "ARC_WEBHOOK_TIMEOUT_S": "2",
+    }
+    server = Server(server_id="hooks")
+    server.agent_handler("a", "work.run")(lambda params, context: 1)
+    server.configure(load_settings(config, environ=environ))
+    hooks = server.webhooks
+    assert (hooks.secret, hooks.allow, hooks.timeout_s) == ("s", ("10.0.0.0/8", "*.example.com"), 2.0)
+    assert (hooks.max_retries, hooks.workers, hooks.queue_size) == (2, 3, 1000)
+    with pytest.raises(ConfigError, match="webhook allow list: 'not a host!' is not"):
+        server.configure(load_settings(environ={"ARC_WEBHOOK_ALLOW": "not a host!"}))
+    with pytest.raises(ConfigError, match="webhook workers must be >= 1, got 0"):
+        server.configure(load_settings(environ={"ARC_WEBHOOK_WORKERS": "0"}))

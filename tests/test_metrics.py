@@ -14,7 +14,7 @@ from conftest import envelope, post, post_raw, run
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from arc_actors import Agent, ARCError, RestartPolicy, Server, handles
+from arc_actors import Agent, ARCError, Client, RestartPolicy, Server, handles
 
 Series = dict[tuple[str, ...], float]
 
@@ -291,3 +291,40 @@ def test_metrics_page_table_lists_exactly_the_metrics_served(serve):
 
     served = {name.removesuffix("_count") for name in metrics if not name.endswith(("_bucket", "_sum"))}
     assert documented == served
+
+
+class Holder(Agent):
+    """Streams one delta, then holds its stream open until released."""
+
+    agent_id = "holder-agent"
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+
+    async def chat_start(self, params, context):
+        yield "first"
+        while not self.release.is_set():
+            await asyncio.sleep(0.01)
+        yield " last"
+
+
+def test_open_sse_streams_are_gauged_while_they_are_written_and_not_after(serve):
+    release = threading.Event()
+    server = Server(server_id="streams")
+    server.add_agent(Holder, release, concurrency=2)
+    running = serve(server)
+
+    async def scenario() -> tuple[float, float, list[str]]:
+        async with Client(running.url) as client:
+            first = await client.chat.start("holder-agent", {"role": "user", "parts": []}, stream=True)
+            second = await client.chat.start("holder-agent", {"role": "user", "parts": []}, stream=True)
+            heads = [(await anext(first))["event"], (await anext(second))["event"]]
+            opened = await scrape_until(running.base_url, lambda m: m["arc_sse_streams_open"][()] == 2)
+            release.set()
+            events = heads + [event["event"] async for event in first] + [event["event"] async for event in second]
+            closed = await scrape_until(running.base_url, lambda m: m["arc_sse_streams_open"][()] == 0)
+        return opened["arc_sse_streams_open"][()], closed["arc_sse_streams_open"][()], events
+
+    opened, closed, events = run(scenario())
+    assert (opened, closed) == (2, 0)
+    assert events == ["stream", "stream", "stream", "done", "stream", "done"]
