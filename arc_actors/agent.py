@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 _METHOD_BY_ATTRIBUTE = {method.replace(".", "_"): method for method in ARC_METHODS}
 
 Handler = Callable[[dict[str, Any], "Context"], Any]
+PLAIN_RESULTS = frozenset((str, dict, list, int, float, bool, type(None)))
+"""Types of handler results that are neither awaited nor iterated: checked before the ABC checks of
+``inspect.isawaitable``, which cost more, on every request."""
 F = TypeVar("F", bound=Callable[..., Any])
 
 

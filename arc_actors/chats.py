@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 from loguru import logger
 
-from arc_actors.agent import AgentSpec, Context, Handler
+from arc_actors.agent import PLAIN_RESULTS, AgentSpec, Context, Handler
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ErrorCode
 from arc_actors.store import ServingStore, Store, record_key, utc_now
@@ -107,6 +107,9 @@ class ChatBook:
         raw = self._store_in_use().load(CHAT_KIND, record_key(agent_id, chat_id))
         return None if raw is None else _decoder.decode(raw)
 
+    def _exists(self, agent_id: str, chat_id: str) -> bool:
+        return self._store_in_use().load(CHAT_KIND, record_key(agent_id, chat_id)) is not None
+
     def _wrap(self, method: str, handler: Handler | None) -> Handler:
         lifecycle = {"chat.start": self._start, "chat.message": self._message, "chat.end": self._end}.get(method)
         if lifecycle is None:
@@ -123,7 +126,7 @@ class ChatBook:
 
     def _start(self, params: dict[str, Any], context: Context) -> _Lifecycle:
         agent_id, requested = context.target_agent, params.get("chatId")
-        if requested is not None and self.get(agent_id, requested) is not None:
+        if requested is not None and self._exists(agent_id, requested):
             raise _in_use(requested)
         now = utc_now()
         chat = Chat(
@@ -140,7 +143,7 @@ class ChatBook:
         with self._lock:
             if chat_id != chat.chat_id:  # a full result naming a chat id of the handler's own choice
                 chat.chat_id = chat_id  # (one it named before starts its record afresh)
-            elif self.get(agent_id, chat_id) is not None:  # another worker started this id first
+            elif self._exists(agent_id, chat_id):  # another worker started this id first
                 raise _in_use(chat_id)
             _add_reply(chat, reply)
             self._save(chat)
@@ -195,18 +198,18 @@ the reply message to record, and the chat id the answer names."""
 _Lifecycle = Generator[tuple[dict[str, Any], Chat], _Answer, Any]
 
 
-_PLAIN_ANSWERS = frozenset((str, dict, list, type(None)))
-"""Answers that are neither awaited nor iterated: checked first, the ABC checks cost more."""
-
-
 def _drive(lifecycle: _Lifecycle, handler: Handler | None, context: Context) -> Any:
     """Run one lifecycle around ``handler`` (None: a ``chat.end`` the agent does not handle), with a
     copy of the chat as ``context.chat``. Returns the result, or an awaitable of it when the handler's
     answer has to be awaited or iterated."""
     params, chat = next(lifecycle)
-    context.chat = _decoder.decode(_encoder.encode(chat))
+    # A copy, so that what the handler does to it is not recorded (message dicts are shared, as they are
+    # with the handler's params).
+    context.chat = msgspec.structs.replace(
+        chat, participants=list(chat.participants), metadata=dict(chat.metadata), messages=list(chat.messages)
+    )
     answer = None if handler is None else handler(params, context)
-    if type(answer) in _PLAIN_ANSWERS:
+    if type(answer) in PLAIN_RESULTS:
         return _finish(lifecycle, chat, answer)
     if inspect.isasyncgen(answer):
         deltas = collect(answer) if context.stream is None else context.stream.relay(answer)

@@ -35,7 +35,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from arc_actors.agent import Agent, AgentSpec, Context, Handler
+from arc_actors.agent import PLAIN_RESULTS, Agent, AgentSpec, Context, Handler
 from arc_actors.engine import (
     AgentState,
     AgentStatus,
@@ -316,7 +316,7 @@ class AgentActor(pykka.ThreadingActor):
             logger.bind(agent_id=self._cell.spec.agent_id).opt(exception=exc).error("on_stop raised")
 
     def _run_to_completion(self, value: Any) -> Any:
-        if not inspect.isawaitable(value):
+        if type(value) in PLAIN_RESULTS or not inspect.isawaitable(value):
             return value
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
