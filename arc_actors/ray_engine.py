@@ -401,6 +401,16 @@ class _Proxy(Agent):
         return remote
 
 
+def _why_not_connected(exc: ConnectionError) -> str:
+    """What to do about a cluster that refused us: Ray's own cause is deep in a traceback."""
+    if "InvalidAuthToken" in str(exc.__cause__):
+        return (
+            "the cluster wants its auth token: set RAY_AUTH_MODE=token, with the head's ~/.ray/auth_token "
+            "copied here or RAY_AUTH_TOKEN set"
+        )
+    return "is the head running, and is the address the one `ray start --head` printed?"
+
+
 class RayEngine:
     """The :class:`~arc_actors.engine.Engine` over a Ray cluster (see the module docstring).
 
@@ -418,7 +428,10 @@ class RayEngine:
     ) -> None:
         self._ray = import_ray()
         if not self._ray.is_initialized():
-            self._ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+            try:
+                self._ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+            except ConnectionError as exc:
+                raise EngineUnavailable(f"{exc} ({_why_not_connected(exc)})") from None
         self._supervisor = supervisor
         self._default_mailbox_size = mailbox_size
         self._default_request_timeout_s = request_timeout_s

@@ -70,7 +70,7 @@ def main() -> None:
     address = f"127.0.0.1:{GCS_PORT}"
     temp_dir = tempfile.mkdtemp(prefix="arc-ray-")
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    head = ["start", "--head", "--block", f"--port={GCS_PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
+    head = ["start", "--head", "--block", f"--port={GCS_PORT}", "--num-cpus=2"]
     head += ["--include-dashboard=false"]
     head += ["--object-store-memory=100000000", f"--temp-dir={temp_dir}"]
     cluster = subprocess.Popen([*ray, *head], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -80,7 +80,9 @@ def main() -> None:
         for port in PORTS:
             argv = [sys.executable, "-m", "arc_actors", "serve", "examples/scale_out.py", "--engine", "ray"]
             argv += ["--ray-address", address, "--port", str(port), "--log-level", "WARNING"]
-            gateways.append(subprocess.Popen(argv, cwd=ROOT))
+            # `ray start` turns Ray's token authentication on: the gateways present the token it wrote.
+            env = {**os.environ, "RAY_AUTH_MODE": "token"}
+            gateways.append(subprocess.Popen(argv, cwd=ROOT, env=env))
         for port in PORTS:
             wait_healthy(port)
         for request_id in range(4):
