@@ -14,6 +14,7 @@ from arc_actors.server import Server
 from arc_actors.store import MemoryStore, SQLiteStore, Store
 from arc_actors.supervisor import RestartPolicy
 from arc_actors.tasks import InputRequired, Task, TaskCancelled, TaskHandle
+from arc_actors.webhooks import WebhookConfig
 
 __version__ = "0.1.0"
 
@@ -41,5 +42,6 @@ __all__ = [
     "Task",
     "TaskCancelled",
     "TaskHandle",
+    "WebhookConfig",
     "handles",
 ]
