@@ -7,6 +7,8 @@ name the reference SDK and the seed document use, kept as an alias so their code
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -39,11 +41,69 @@ def _default_message(code: int) -> str:
         return "ARC error"
 
 
+REPEAT_WINDOW_S = 10.0
+"""The same crash (agent, exception type, where, innermost line) logs its traceback once per this many
+seconds; its repeats log one line naming the errorId whose line has it."""
+_MAX_REMEMBERED = 1024
+
+
+class _Repeats:
+    """The crashes whose traceback was logged lately. A crash storm (an agent failing on every request,
+    a chaos run) would otherwise format and write a traceback per request on the core the healthy agents
+    share; the first one says all the others would."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._logged: dict[tuple[str, ...], tuple[str, float, int]] = {}
+
+    def first_of(self, key: tuple[str, ...], error_id: str) -> tuple[str, int] | None:
+        """None when this crash is to log its traceback; else the errorId that logged it and how many
+        repeats since."""
+        now = time.monotonic()
+        with self._lock:
+            logged = self._logged.get(key)
+            if logged is None or now - logged[1] > REPEAT_WINDOW_S:
+                if len(self._logged) >= _MAX_REMEMBERED:
+                    self._logged.clear()
+                self._logged[key] = (error_id, now, 0)
+                return None
+            first_id, since, repeats = logged
+            self._logged[key] = (first_id, since, repeats + 1)
+            return first_id, repeats + 1
+
+
+_repeats = _Repeats()
+
+
 def internal_error(exc: BaseException, agent_id: str, trace_id: str | None, where: str) -> ErrorObject:
-    """Answer an unexpected exception: the log gets the traceback under a fresh ``errorId``, the
-    wire gets the id only."""
+    """Answer an unexpected exception: the log gets the traceback under a fresh ``errorId`` (a repeat
+    of the same crash within ``REPEAT_WINDOW_S`` names the errorId that has it), the wire gets the id
+    only."""
     error_id = uuid.uuid4().hex
-    logger.bind(agent_id=agent_id, trace_id=trace_id or "-").opt(exception=exc).error(
-        "{} raised in {} (errorId {})", type(exc).__name__, where, error_id
-    )
+    log = logger.bind(agent_id=agent_id, trace_id=trace_id or "-")
+    repeat = _repeats.first_of((agent_id, type(exc).__qualname__, where, _innermost_line(exc)), error_id)
+    if repeat is None:
+        log.opt(exception=exc).error("{} raised in {} (errorId {})", type(exc).__name__, where, error_id)
+    else:
+        first_id, repeats = repeat
+        log.error(
+            "{} raised in {} (errorId {}): {}; traceback under errorId {} (repeat {} within {:g} s)",
+            type(exc).__name__,
+            where,
+            error_id,
+            exc,
+            first_id,
+            repeats,
+            REPEAT_WINDOW_S,
+        )
     return ErrorObject(code=ErrorCode.INTERNAL_ERROR, message="Internal error", details={"errorId": error_id})
+
+
+def _innermost_line(exc: BaseException) -> str:
+    """``file:line`` where ``exc`` was raised, so that different crashes of one agent each log theirs."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "-"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"

@@ -169,3 +169,42 @@ def test_arc_error_raised_by_an_actor_subclass_reaches_the_client_typed():
         "Chat not found",
         {"chatId": "chat-x"},
     )
+
+
+class Storm(Agent):
+    """Crashes on every request: with a RuntimeError from one line, or a KeyError from another."""
+
+    agent_id = "storm"
+    restart_policy = RestartPolicy(max_restarts=100, within_s=60, backoff_initial_s=0)
+
+    @handles("crash.now")
+    def crash_now(self, params, context):
+        if params.get("other"):
+            raise KeyError("other")
+        raise RuntimeError("again")
+
+
+def test_a_crash_storm_logs_one_traceback_and_its_repeats_name_the_error_id_that_has_it():
+    from loguru import logger
+
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="ERROR", format="{message}|{exception}")
+    try:
+        server = Server(server_id="storm")
+        server.add_agent(Storm)
+        with serving(server) as running:
+
+            def crash(params: dict) -> str:
+                return run(post(running.url, envelope("storm", "crash.now", params)))["error"]["details"]["errorId"]
+
+            ids = [crash({}) for _ in range(4)]
+            other = crash({"other": True})
+    finally:
+        logger.remove(sink)
+    crashes = [line for line in lines if "raised in crash.now" in line]
+    assert len(crashes) == 5
+    with_traceback = [line for line in crashes if "Traceback" in line]
+    assert [ids[0] in with_traceback[0], other in with_traceback[1], len(with_traceback)] == [True, True, 2]
+    for repeat, error_id in enumerate(ids[1:], start=1):
+        [line] = [line for line in crashes if error_id in line]
+        assert f"again; traceback under errorId {ids[0]} (repeat {repeat} within 10 s)" in line
