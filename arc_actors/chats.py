@@ -15,8 +15,8 @@ The handler sees the chat, history included, as ``context.chat``. It may return 
 string, a Message dict ``{role, parts}``, a list of parts, or None for no message) and gets the ARC
 chat result built for it; any other dict (such as the seed's full ``{"type": "chat", ...}`` results)
 is answered unchanged, and the chat is still recorded, under the ``chatId`` of that result's ``chat``
-when it has one (an id of the handler's own choice that names a recorded chat starts that record
-afresh). A handler that raises records nothing.
+when it has one (an id of the handler's own choice that names a chat this caller started starts that
+record afresh; another caller's chat is refused -32602). A handler that raises records nothing.
 
 A handler may also be an async generator of ``str`` deltas (``arc_actors.streaming``): its deltas
 joined are its reply, streamed as they come when the request asked for ``stream: true``.
@@ -142,7 +142,10 @@ class ChatBook:
         result, reply, chat_id = yield {**params, "chatId": chat.chat_id}, chat
         with self._lock:
             if chat_id != chat.chat_id:  # a full result naming a chat id of the handler's own choice
-                chat.chat_id = chat_id  # (one it named before starts its record afresh)
+                named = self.get(agent_id, chat_id)
+                if named is not None and named.participants[:1] != [context.request_agent]:
+                    raise _in_use(chat_id)  # another caller's chat is never taken over
+                chat.chat_id = chat_id  # this caller's own chat named again starts afresh
             elif self._exists(agent_id, chat_id):  # another worker started this id first
                 raise _in_use(chat_id)
             _add_reply(chat, reply)
@@ -203,11 +206,7 @@ def _drive(lifecycle: _Lifecycle, handler: Handler | None, context: Context) -> 
     copy of the chat as ``context.chat``. Returns the result, or an awaitable of it when the handler's
     answer has to be awaited or iterated."""
     params, chat = next(lifecycle)
-    # A copy, so that what the handler does to it is not recorded (message dicts are shared, as they are
-    # with the handler's params).
-    context.chat = msgspec.structs.replace(
-        chat, participants=list(chat.participants), metadata=dict(chat.metadata), messages=list(chat.messages)
-    )
+    context.chat = _decoder.decode(_encoder.encode(chat))  # a deep copy: what the handler does to it is not recorded
     answer = None if handler is None else handler(params, context)
     if type(answer) in PLAIN_RESULTS:
         return _finish(lifecycle, chat, answer)

@@ -42,8 +42,8 @@ def _default_message(code: int) -> str:
 
 
 REPEAT_WINDOW_S = 10.0
-"""The same crash (agent, exception type, where, innermost line) logs its traceback once per this many
-seconds; its repeats log one line naming the errorId whose line has it."""
+"""The same crash (agent, exception type, where, the lines of its traceback) logs its traceback once per
+this many seconds; its repeats log one line naming the errorId whose line has it."""
 _MAX_REMEMBERED = 1024
 
 
@@ -81,7 +81,7 @@ def internal_error(exc: BaseException, agent_id: str, trace_id: str | None, wher
     only."""
     error_id = uuid.uuid4().hex
     log = logger.bind(agent_id=agent_id, trace_id=trace_id or "-")
-    repeat = _repeats.first_of((agent_id, type(exc).__qualname__, where, _innermost_line(exc)), error_id)
+    repeat = _repeats.first_of((agent_id, type(exc).__qualname__, where, *_raised_from(exc)), error_id)
     if repeat is None:
         log.opt(exception=exc).error("{} raised in {} (errorId {})", type(exc).__name__, where, error_id)
     else:
@@ -99,11 +99,14 @@ def internal_error(exc: BaseException, agent_id: str, trace_id: str | None, wher
     return ErrorObject(code=ErrorCode.INTERNAL_ERROR, message="Internal error", details={"errorId": error_id})
 
 
-def _innermost_line(exc: BaseException) -> str:
-    """``file:line`` where ``exc`` was raised, so that different crashes of one agent each log theirs."""
+def _raised_from(exc: BaseException) -> tuple[str, ...]:
+    """Every ``file:line`` of ``exc``'s traceback (its message when it has none), so that two crashes
+    share a traceback only when they took the same path, not merely ended in the same library line."""
     tb = exc.__traceback__
     if tb is None:
-        return "-"
-    while tb.tb_next is not None:
+        return (str(exc),)
+    lines = []
+    while tb is not None:
+        lines.append(f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}")
         tb = tb.tb_next
-    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+    return tuple(lines)

@@ -318,8 +318,9 @@ def run_load(
     server: ServerProcess | None = None,
 ) -> LoadResult:
     """One load run; with ``server``, the CPU time that server process spent meanwhile comes with it,
-    and the ARC error answers it counted for the agents the bodies target (HTTP 200 answers that a load
-    generator counts as successes) are added to ``errors``."""
+    and the ARC error answers it counted for the agents the bodies target move from ``requests`` to
+    ``errors``: they are HTTP 200 answers (the servers here answer errors with 200, the default), which a
+    load generator counts as successes."""
     if server is None:
         return Load(url, bodies, concurrency, duration_s, tool).result()
     agents = {json.loads(body)["targetAgent"] for body in bodies or ()}
@@ -327,7 +328,14 @@ def run_load(
     result = Load(url, bodies, concurrency, duration_s, tool).result()
     cpu_s = cpu_seconds(server.process.pid) - cpu_before
     error_answers = arc_error_answers(server, agents) - errors_before
-    return replace(result, server_cpu_s=cpu_s, errors=result.errors + error_answers)
+    answered = result.requests - error_answers
+    return replace(
+        result,
+        server_cpu_s=cpu_s,
+        requests=answered,
+        errors=result.errors + error_answers,
+        rps=answered / result.duration_s,
+    )
 
 
 def arc_error_answers(server: ServerProcess, agents: set[str]) -> int:
@@ -337,8 +345,10 @@ def arc_error_answers(server: ServerProcess, agents: set[str]) -> int:
         return 0
     try:
         _, text = http_get(f"{server.base_url}/metrics")
-    except urllib.error.HTTPError:
-        return 0
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return 0
+        raise
     return sum(
         int(sample.value)
         for family in text_string_to_metric_families(text.decode())

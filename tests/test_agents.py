@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from conftest import envelope, post, run
 
@@ -181,6 +183,10 @@ class Storm(Agent):
     def crash_now(self, params, context):
         if params.get("other"):
             raise KeyError("other")
+        if params.get("via") == 1:
+            uuid.UUID("not a uuid")  # the same library line as below, reached from another line
+        if params.get("via") == 2:
+            uuid.UUID("not a uuid")
         raise RuntimeError("again")
 
 
@@ -198,13 +204,14 @@ def test_a_crash_storm_logs_one_traceback_and_its_repeats_name_the_error_id_that
                 return run(post(running.url, envelope("storm", "crash.now", params)))["error"]["details"]["errorId"]
 
             ids = [crash({}) for _ in range(4)]
-            other = crash({"other": True})
+            others = [crash({"other": True}), crash({"via": 1}), crash({"via": 2})]
     finally:
         logger.remove(sink)
     crashes = [line for line in lines if "raised in crash.now" in line]
-    assert len(crashes) == 5
+    assert len(crashes) == 7
     with_traceback = [line for line in crashes if "Traceback" in line]
-    assert [ids[0] in with_traceback[0], other in with_traceback[1], len(with_traceback)] == [True, True, 2]
+    assert len(with_traceback) == 4
+    assert [error_id in line for error_id, line in zip([ids[0], *others], with_traceback, strict=True)] == [True] * 4
     for repeat, error_id in enumerate(ids[1:], start=1):
         [line] = [line for line in crashes if error_id in line]
         assert f"again; traceback under errorId {ids[0]} (repeat {repeat} within 10 s)" in line

@@ -155,16 +155,34 @@ def test_a_seed_style_full_result_is_passed_through_and_the_chat_recorded_under_
     assert chat.status == "CLOSED"
 
 
-def test_a_full_result_naming_the_same_chat_id_again_is_passed_through_and_its_record_starts_afresh(serve):
+def test_a_full_result_naming_the_callers_chat_id_again_starts_it_afresh_but_never_takes_over_anothers(serve):
     full = {"type": "chat", "chat": {"chatId": "fixed", "status": "ACTIVE"}}
     server = Server(server_id="fixed", store=(store := MemoryStore()))
     server.agent_handler("fixed", "chat.start")(lambda params, context: full)
     url = serve(server).url
 
     answers = [run(post(url, envelope("fixed", "chat.start", {"initialMessage": said(text)}))) for text in "ab"]
+    other = run(post(url, envelope("fixed", "chat.start", {"initialMessage": said("c")}, requestAgent="intruder")))
     assert [answer["result"] for answer in answers] == [full, full]
+    assert (other["error"]["code"], other["error"]["details"]) == (-32602, {"chatId": "fixed"})
     chat = msgspec.json.decode(store.load("chat", '["fixed","fixed"]'), type=Chat)
-    assert (texts(chat), chat.status) == (["b"], "ACTIVE")
+    assert (texts(chat), chat.status, chat.participants) == (["b"], "ACTIVE", ["test-client", "fixed"])
+
+
+def test_what_a_handler_does_to_context_chat_is_not_recorded(serve):
+    def meddle(params, context):
+        context.chat.messages[0]["parts"][0]["content"] = "MUTATED"
+        context.chat.metadata["k"]["x"] = 1
+        return "ok"
+
+    server = Server(server_id="meddler", store=(store := MemoryStore()))
+    server.agent_handler("meddler", "chat.start")(meddle)
+    url = serve(server).url
+
+    start = {"chatId": "m-1", "initialMessage": said("hi"), "metadata": {"k": {}}}
+    assert run(post(url, envelope("meddler", "chat.start", start)))["error"] is None
+    chat = msgspec.json.decode(store.load("chat", '["meddler","m-1"]'), type=Chat)
+    assert (texts(chat)[0], chat.metadata) == ("hi", {"k": {}})
 
 
 def test_starting_a_chat_with_an_id_in_use_is_refused_and_changes_nothing(serve):
