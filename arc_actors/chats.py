@@ -25,7 +25,6 @@ joined are its reply, streamed as they come when the request asked for ``stream:
 from __future__ import annotations
 
 import inspect
-import secrets
 import threading
 from collections.abc import Awaitable, Generator
 from typing import Any
@@ -36,7 +35,7 @@ from loguru import logger
 from arc_actors.agent import PLAIN_RESULTS, AgentSpec, Context, Handler
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ErrorCode
-from arc_actors.store import ServingStore, Store, record_key, utc_now
+from arc_actors.store import ServingStore, Store, new_id, record_key, utc_now
 from arc_actors.streaming import collect
 
 ACTIVE = "ACTIVE"
@@ -84,7 +83,7 @@ _decoder = msgspec.json.Decoder(Chat)
 
 def new_chat_id() -> str:
     """A fresh chat id, for a ``chat.start`` that names none."""
-    return f"chat-{secrets.token_hex(6)}"
+    return new_id("chat")
 
 
 class ChatBook:

@@ -6,7 +6,7 @@ own vocabulary (its agent ids and their methods, the ARC error codes, ``unknown`
 nothing a caller sends becomes a label value, so no caller can grow the registry.
 
 Requests are tallied as the gateway reports them (``ArcObserver``; an aiohttp
-middleware cost some 15 µs more per request), in plain ints under one lock: a third of the cost of
+middleware cost some 18 µs more per request), in plain ints under one lock: a third of the cost of
 prometheus-client's own Counter, Histogram and Gauge, which take a lock per value (measured 2.7 µs
 against 8.7 µs per request). The scrape copies the tallies under that lock and renders them off the
 event loop: rendering is slow (some 30 µs per line; 100 agents with 5 methods each make 11,000 lines)

@@ -657,8 +657,9 @@ class RayEngine:
         self._ray.kill(dead, no_restart=True)
         await asyncio.sleep(delay_s)
         deadline = time.monotonic() + NAME_RELEASE_WAIT_S
+        loop = asyncio.get_running_loop()
         while time.monotonic() < deadline:
-            found = self._named(cell.spec.agent_id)
+            found = await loop.run_in_executor(None, self._named, cell.spec.agent_id)  # a GCS round trip
             if found is None or found._actor_id != dead._actor_id:
                 break
             await asyncio.sleep(STOP_POLL_S)

@@ -8,6 +8,7 @@ never from the event loop, and may be called from several threads at once.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 import time
@@ -131,6 +132,11 @@ class ServingStore:
         if self._store is None:
             raise RuntimeError("the store is not open: chats and tasks are kept only while the server serves")
         return self._store
+
+
+def new_id(prefix: str) -> str:
+    """A fresh record id, ``PREFIX-`` and 48 random bits in hex (``chat-``, ``task-``, ``sub-``, ...)."""
+    return f"{prefix}-{secrets.token_hex(6)}"
 
 
 def record_key(agent_id: str, record_id: str) -> str:

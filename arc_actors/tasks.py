@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import inspect
 import threading
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +49,7 @@ from arc_actors.agent import AgentSpec, Context, Handler
 from arc_actors.chats import NOT_A_REPLY, as_message
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ErrorCode, ErrorObject, Outcome, encoder
-from arc_actors.store import ServingStore, Store, record_key, utc_now
+from arc_actors.store import ServingStore, Store, new_id, record_key, utc_now
 
 if TYPE_CHECKING:
     from arc_actors.engine import AgentStatus, Engine
@@ -166,7 +165,7 @@ class TaskHandle:
     def add_artifact(self, artifact: dict[str, Any]) -> None:
         """Add an artifact (an ARC Artifact dict: ``{"name", "parts", ...}``); an ``artifactId`` and
         ``createdAt`` are filled in when it has none."""
-        filled = {"artifactId": f"artifact-{uuid.uuid4().hex[:12]}", "createdAt": utc_now(), **artifact}
+        filled = {"artifactId": new_id("artifact"), "createdAt": utc_now(), **artifact}
         self._update(lambda task: task.artifacts.append(filled))
 
     def progress(self, fraction: float) -> None:
@@ -239,7 +238,7 @@ class TaskBook:
             )
         now = utc_now()
         task = Task(
-            task_id=f"task-{uuid.uuid4().hex[:12]}",
+            task_id=new_id("task"),
             agent_id=agent_id,
             status=SUBMITTED,
             priority=priority,

@@ -49,7 +49,7 @@ from loguru import logger
 from arc_actors.agent import AgentSpec, Context, Handler
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ARC_VERSION, TASK_EVENTS, ErrorCode
-from arc_actors.store import ServingStore, record_key, utc_now
+from arc_actors.store import ServingStore, new_id, record_key, utc_now
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -283,7 +283,7 @@ class Webhooks:
     def record(self, task: Task, callback_url: str, events: list[str]) -> dict[str, Any]:
         """Keep a new subscription to ``task``; returns the ARC result ``{"type": "subscription", ...}``."""
         subscription = Subscription(
-            subscription_id=f"sub-{uuid.uuid4().hex[:12]}",
+            subscription_id=new_id("sub"),
             task_id=task.task_id,
             callback_url=callback_url,
             events=events,
