@@ -77,9 +77,10 @@ class Context:
 
     __slots__ = (
         "_caller",
+        "_chat",
+        "_chat_copy",
         "auth",
         "call_chain",
-        "chat",
         "method",
         "request_agent",
         "request_id",
@@ -88,7 +89,7 @@ class Context:
         "task",
         "trace_id",
     )
-    _KEYS = frozenset(name for name in __slots__ if not name.startswith("_"))
+    _KEYS = frozenset({"chat", *(name for name in __slots__ if not name.startswith("_"))})
     """What mapping-style access (``context["trace_id"]``) offers: every public attribute."""
 
     def __init__(
@@ -112,8 +113,24 @@ class Context:
         self.call_chain = call_chain
         self._caller = caller
         self.stream = stream
-        self.chat: Chat | None = None
+        self._chat: Chat | None = None
+        self._chat_copy: Callable[[], Chat] | None = None
         self.task: TaskHandle | None = None
+
+    @property
+    def chat(self) -> Chat | None:
+        if self._chat_copy is not None:
+            self._chat, self._chat_copy = self._chat_copy(), None
+        return self._chat
+
+    @chat.setter
+    def chat(self, chat: Chat | None) -> None:
+        self._chat, self._chat_copy = chat, None
+
+    def copy_chat_when_read(self, copy: Callable[[], Chat]) -> None:
+        """Make ``chat`` the result of ``copy()``, called the first time it is read: most handlers never
+        read it, and a deep copy of a chat costs more than the rest of a plain handler's request."""
+        self._chat, self._chat_copy = None, copy
 
     async def call(self, agent_id: str, method: str, params: dict[str, Any] | None = None) -> Any:
         """Ask another agent of this server, through its mailbox, and return its result.

@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Awaitable, Generator
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -77,8 +78,15 @@ class Chat(msgspec.Struct, rename="camel", kw_only=True):
         return {"type": "chat", "chat": chat}
 
 
+class _Participants(msgspec.Struct):
+    """What ``chat.start`` reads of a chat it may replace: who started it (the rest is not decoded)."""
+
+    participants: list[str] = msgspec.field(default_factory=list)
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Chat)
+_participants_decoder = msgspec.json.Decoder(_Participants)
 
 
 def new_chat_id() -> str:
@@ -139,16 +147,17 @@ class ChatBook:
             messages=[params["initialMessage"]],
         )
         result, reply, chat_id = yield {**params, "chatId": chat.chat_id}, chat
+        store, key = self._store_in_use(), record_key(agent_id, chat_id)
         with self._lock:
-            if chat_id != chat.chat_id:  # a full result naming a chat id of the handler's own choice
-                named = self.get(agent_id, chat_id)
-                if named is not None and named.participants[:1] != [context.request_agent]:
-                    raise _in_use(chat_id)  # another caller's chat is never taken over
-                chat.chat_id = chat_id  # this caller's own chat named again starts afresh
-            elif self._exists(agent_id, chat_id):  # another worker started this id first
+            started_by = _started_by(store.load(CHAT_KIND, key))
+            if started_by is not None and (chat_id == chat.chat_id or started_by != context.request_agent):
+                # this id started meanwhile by another worker, or another caller's chat named by a full
+                # result (never taken over); this caller's own chat named again starts afresh
                 raise _in_use(chat_id)
+            # a new record: the chat the handler was given stays as it was (its copy may not be made yet)
+            chat = msgspec.structs.replace(chat, chat_id=chat_id, messages=[*chat.messages])
             _add_reply(chat, reply)
-            self._save(chat)
+            store.save(CHAT_KIND, key, _encoder.encode(chat))
         return chat.result(reply) if result is None else result
 
     def _message(self, params: dict[str, Any], context: Context) -> _Lifecycle:
@@ -205,7 +214,7 @@ def _drive(lifecycle: _Lifecycle, handler: Handler | None, context: Context) -> 
     copy of the chat as ``context.chat``. Returns the result, or an awaitable of it when the handler's
     answer has to be awaited or iterated."""
     params, chat = next(lifecycle)
-    context.chat = _decoder.decode(_encoder.encode(chat))  # a deep copy: what the handler does to it is not recorded
+    context.copy_chat_when_read(partial(_deep_copy, chat))  # what the handler does to it is not recorded
     answer = None if handler is None else handler(params, context)
     if type(answer) in PLAIN_RESULTS:
         return _finish(lifecycle, chat, answer)
@@ -219,6 +228,18 @@ def _drive(lifecycle: _Lifecycle, handler: Handler | None, context: Context) -> 
 
 async def _finish_later(lifecycle: _Lifecycle, chat: Chat, answer: Awaitable[Any]) -> Any:
     return _finish(lifecycle, chat, await answer)
+
+
+def _started_by(record: bytes | None) -> str | None:
+    """Who started the chat stored as ``record`` (None: there is no such chat)."""
+    if record is None:
+        return None
+    participants = _participants_decoder.decode(record).participants
+    return participants[0] if participants else ""
+
+
+def _deep_copy(chat: Chat) -> Chat:
+    return _decoder.decode(_encoder.encode(chat))
 
 
 def _finish(lifecycle: _Lifecycle, chat: Chat, answer: Any) -> Any:

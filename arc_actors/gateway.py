@@ -348,8 +348,8 @@ class Gateway:
 
     async def _read_body(self, http_request: web.Request) -> bytes | web.Response:
         """The body, or a 413 answer when it is over the limit; a large body is never read whole."""
-        limit = self._config.max_body_bytes
-        if http_request.content_length is None or http_request.content_length <= limit:
+        limit, length = self._config.max_body_bytes, http_request.content_length
+        if length is None or length <= limit:
             try:
                 return await http_request.read()
             except web.HTTPRequestEntityTooLarge:

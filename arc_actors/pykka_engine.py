@@ -28,8 +28,7 @@ import inspect
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from functools import partial
+from collections.abc import Awaitable
 from typing import Any
 
 import pykka
@@ -56,17 +55,21 @@ DRAIN_POLL_S = 0.02
 
 
 class _Call:
-    """One request on its way through an agent's mailbox. ``expired``: its caller was answered
-    already (request timeout), so a worker that has not started it skips it."""
+    """One request on its way through an agent's mailbox, answered on its caller's loop from any
+    thread. ``expired``: its caller was answered already (request timeout), so a worker that has not
+    started it skips it."""
 
-    __slots__ = ("context", "expired", "method", "params", "reply")
+    __slots__ = ("context", "expired", "future", "method", "params")
 
-    def __init__(self, method: str, params: dict[str, Any], context: Context, reply: Callable[[Outcome], None]) -> None:
+    def __init__(self, method: str, params: dict[str, Any], context: Context, future: asyncio.Future[Outcome]) -> None:
         self.method = method
         self.params = params
         self.context = context
-        self.reply = reply
+        self.future = future
         self.expired = False
+
+    def reply(self, outcome: Outcome) -> None:
+        self.future.get_loop().call_soon_threadsafe(_resolve, self.future, outcome)
 
 
 class _Worker:
@@ -368,7 +371,7 @@ class PykkaEngine:
             if refused is not None:
                 future.set_result(refused)
             else:
-                call = _Call(method, params, context, partial(loop.call_soon_threadsafe, _resolve, future))
+                call = _Call(method, params, context, future)
                 try:
                     cell.workers[0].ref.tell(call)
                 except pykka.ActorDeadError:

@@ -144,6 +144,7 @@ def record_key(agent_id: str, record_id: str) -> str:
     return msgspec.json.encode([agent_id, record_id]).decode()
 
 
+_MILLISECONDS = [f".{millisecond:03d}Z" for millisecond in range(1000)]
 _second: tuple[int, str] = (0, "")
 """The last whole second :func:`utc_now` formatted, and its text (swapped whole: thread-safe)."""
 
@@ -157,4 +158,4 @@ def utc_now() -> str:
     second = _second
     if second[0] != whole:
         second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-    return f"{second[1]}.{int((now - whole) * 1000):03d}Z"
+    return second[1] + _MILLISECONDS[int((now - whole) * 1000)]

@@ -185,6 +185,26 @@ def test_what_a_handler_does_to_context_chat_is_not_recorded(serve):
     assert (texts(chat)[0], chat.metadata) == ("hi", {"k": {}})
 
 
+def test_context_chat_first_read_after_the_handler_is_the_chat_it_was_given(serve):
+    kept = []
+
+    def keep(params, context):
+        kept.append(context)  # context.chat not read until after the reply is recorded
+        return "the reply"
+
+    server = Server(server_id="keeper", store=(store := MemoryStore()))
+    server.agent_handler("keeper", "chat.start")(keep)
+    url = serve(server).url
+
+    assert (
+        run(post(url, envelope("keeper", "chat.start", {"chatId": "k-1", "initialMessage": said("hi")})))["error"]
+        is None
+    )
+    recorded = msgspec.json.decode(store.load("chat", '["keeper","k-1"]'), type=Chat)
+    assert texts(recorded) == ["hi", "the reply"]
+    assert (texts(kept[0].chat), kept[0].chat.chat_id, kept[0]["chat"] is kept[0].chat) == (["hi"], "k-1", True)
+
+
 def test_starting_a_chat_with_an_id_in_use_is_refused_and_changes_nothing(serve):
     server = Server(server_id="chats")
     server.add_agent(Counter)
