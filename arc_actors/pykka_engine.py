@@ -42,6 +42,7 @@ from arc_actors.engine import (
     hung,
     mailbox_full,
     not_available,
+    run_to_completion,
     serve_request,
     timed_out,
 )
@@ -324,7 +325,7 @@ class AgentActor(pykka.ThreadingActor):
             return value
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-        return self._loop.run_until_complete(value)
+        return run_to_completion(self._loop, value)
 
 
 def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:

@@ -46,6 +46,7 @@ from arc_actors.engine import (
     hung,
     mailbox_full,
     not_available,
+    run_to_completion,
     serve_request,
     timed_out,
 )
@@ -121,7 +122,7 @@ class _Slot:
         loop = getattr(self._local, "loop", None)
         if loop is None:
             loop = self._local.loop = asyncio.new_event_loop()
-        return loop.run_until_complete(value)
+        return run_to_completion(loop, value)
 
     def abandon(self) -> None:
         """Leave the thread to whatever it is stuck in, for a fresh one."""

@@ -1,0 +1,89 @@
+"""An agent thread's own loop: ``run_to_completion`` runs a handler's first step at once, as a task, and the
+loop only for what is still waiting; asyncio must behave as under ``run_until_complete``."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from arc_actors.engine import run_to_completion
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def test_a_handler_that_never_waits_runs_as_a_task_without_running_the_loop(loop, monkeypatch):
+    def refuse(*_):
+        raise AssertionError("the loop was run")
+
+    monkeypatch.setattr(loop, "run_until_complete", refuse)
+
+    async def handler():
+        task = asyncio.current_task()
+        return task is not None and not task.done(), asyncio.get_running_loop() is loop
+
+    assert run_to_completion(loop, handler()) == (True, True)
+    assert asyncio._get_running_loop() is None
+
+
+def test_timeouts_and_waits_in_the_first_step_and_after_it(loop):
+    async def waits():
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0.001)
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(5)
+
+    with pytest.raises(TimeoutError):
+        run_to_completion(loop, waits())
+
+    async def answers():
+        await asyncio.sleep(0)
+        return "late"
+
+    assert run_to_completion(loop, answers()) == "late"
+
+
+def test_an_exception_is_raised_and_the_loop_is_left_not_running(loop):
+    async def crashes():
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        run_to_completion(loop, crashes())
+    assert not loop.is_running() and asyncio._get_running_loop() is None
+
+
+def test_a_task_a_handler_leaves_behind_runs_on_with_the_next_requests(loop):
+    seen = []
+
+    async def leaves_work():
+        async def later():
+            await asyncio.sleep(0)
+            seen.append("background")
+
+        leaves_work.task = asyncio.get_running_loop().create_task(later())
+        return "answered"
+
+    assert run_to_completion(loop, leaves_work()) == "answered"
+
+    async def next_request():
+        await asyncio.sleep(0.01)
+        return "next"
+
+    assert run_to_completion(loop, next_request()) == "next"
+    assert seen == ["background"] and leaves_work.task.done()
+
+
+def test_a_callback_queued_before_the_handler_runs_first(loop):
+    order = []
+    loop.call_soon(order.append, "queued")
+
+    async def handler():
+        order.append("handler")
+
+    run_to_completion(loop, handler())
+    assert order == ["queued", "handler"]
