@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import msgspec
@@ -132,17 +133,12 @@ class Gateway:
     def application(self) -> web.Application:
         """A new aiohttp application serving this gateway's routes."""
         app = web.Application(client_max_size=self._config.max_body_bytes)
-        app.router.add_post(ARC_PATH, self.handle_arc)
-        app.router.add_route("*", ARC_PATH, self.handle_wrong_http_method)
+        # The observed handlers are partials of one coroutine function: no coroutine of their own per request.
+        app.router.add_post(ARC_PATH, partial(self._observed, serve=self._serve_arc))
+        app.router.add_route("*", ARC_PATH, partial(self._observed, serve=self._refuse_http_method))
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/agent-info", self.handle_agent_info)
         return app
-
-    async def handle_arc(self, http_request: web.Request) -> web.StreamResponse:
-        return await self._observed(http_request, self._serve_arc)
-
-    async def handle_wrong_http_method(self, http_request: web.Request) -> web.StreamResponse:
-        return await self._observed(http_request, self._refuse_http_method)
 
     async def _observed(self, http_request: web.Request, serve: ArcServe) -> web.StreamResponse:
         """``serve(http_request)``, with the observer told of it."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from arc_actors.agent import AgentSpec, Context
@@ -57,28 +57,30 @@ class Router:
             raise KeyError(f"no agent {agent_id!r}; agents: {', '.join(self._methods)}")
         self._engine.restart(agent_id)
 
-    async def dispatch(
+    def dispatch(
         self,
         request: ARCRequest,
         auth: Identity | None = None,
         call_chain: tuple[str, ...] = (),
         stream: DeltaSink | None = None,
-    ) -> Outcome:
-        """The outcome of one valid request; ``auth`` is the caller's identity, when auth is on,
-        ``call_chain`` the agents whose calls led to it, and ``stream`` where a streamed reply's deltas
-        go as they are made."""
+    ) -> Awaitable[Outcome]:
+        """The outcome of one valid request, to await; ``auth`` is the caller's identity, when auth is
+        on, ``call_chain`` the agents whose calls led to it, and ``stream`` where a streamed reply's
+        deltas go as they are made. Not a coroutine: the engine's awaitable is handed on as it is."""
         methods = self._methods.get(request.target_agent)
         if methods is None:
-            return self._agent_not_found(request.target_agent)
+            return _answered(self._agent_not_found(request.target_agent))
         if request.method not in methods:
-            return error(
-                ErrorCode.METHOD_NOT_FOUND,
-                f"Method {request.method} not found for agent {request.target_agent}",
-                {"method": request.method, "agentId": request.target_agent, "supportedMethods": sorted(methods)},
+            return _answered(
+                error(
+                    ErrorCode.METHOD_NOT_FOUND,
+                    f"Method {request.method} not found for agent {request.target_agent}",
+                    {"method": request.method, "agentId": request.target_agent, "supportedMethods": sorted(methods)},
+                )
             )
         invalid = params_error(request.method, request.params)
         if invalid is not None:
-            return invalid
+            return _answered(invalid)
         context = Context(
             request.id,
             request.method,
@@ -90,7 +92,7 @@ class Router:
             self,
             stream,
         )
-        return await self._engine.ask(request.target_agent, request.method, request.params, context)
+        return self._engine.ask(request.target_agent, request.method, request.params, context)
 
     def call_from(
         self, context: Context, agent_id: str, method: str, params: dict[str, Any]
@@ -123,3 +125,10 @@ class Router:
         if len(available) > MAX_LISTED_AGENTS:
             details["totalAgents"] = len(available)
         return error(ErrorCode.AGENT_NOT_FOUND, f"Agent not found: {agent_id}", details)
+
+
+def _answered(outcome: Outcome) -> asyncio.Future[Outcome]:
+    """An outcome known at once, as the awaitable ``dispatch`` returns."""
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(outcome)
+    return future
