@@ -55,6 +55,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metrics: bool | msgspec.UnsetType = UNSET
     stream_keepalive_s: float | msgspec.UnsetType = UNSET
     state_path: str | msgspec.UnsetType = UNSET
+    state_max_records: int | msgspec.UnsetType = UNSET
     engine: str | msgspec.UnsetType = UNSET
     ray_address: str | msgspec.UnsetType = UNSET
     ray_namespace: str | msgspec.UnsetType = UNSET

@@ -38,7 +38,7 @@ from arc_actors.logs import configure_logging
 from arc_actors.metrics import Metrics
 from arc_actors.pykka_engine import PykkaEngine
 from arc_actors.router import Router
-from arc_actors.store import ServingStore, Store
+from arc_actors.store import DEFAULT_MAX_RECORDS, ServingStore, Store
 from arc_actors.streaming import DEFAULT_KEEPALIVE_S
 from arc_actors.supervisor import RestartPolicy, Supervisor, hang_after_from_env
 from arc_actors.tasks import TaskBook
@@ -120,6 +120,7 @@ class Server:
         auth: AuthConfig | None = None,
         metrics: bool = True,
         store: Store | str | Path | None = None,
+        state_max_records: int = DEFAULT_MAX_RECORDS,
         faults: FaultPlan | None = None,
         stream_keepalive_s: float = DEFAULT_KEEPALIVE_S,
         engine: str | None = None,
@@ -138,7 +139,9 @@ class Server:
         installed) is an error here. ``metrics`` serves Prometheus metrics at ``GET /metrics``.
         ``store`` keeps managed chats and tasks: a path is an SQLite file (opened when serving starts, closed when
         it stops), a ``Store`` is used as it is (its owner closes it), None keeps
-        them in memory for as long as the server serves.
+        them in memory for as long as the server serves. The two the server opens itself keep at most
+        ``state_max_records`` of each kind (chats, tasks, subscriptions; 0: no bound), forgetting the least
+        recently written first, so that no stream of requests can take all the memory or the disk.
         ``stream_keepalive_s`` is how long a streamed (SSE) answer may stay silent before a ``: keep-alive``
         comment frame is sent.
         ``webhooks`` says how task events are delivered to ``task.subscribe`` callbacks (secret, allow
@@ -153,6 +156,7 @@ class Server:
         self.server_id = server_id
         self.metrics = metrics
         self.store = store
+        self.state_max_records = state_max_records
         self.webhooks = webhooks or WebhookConfig()
         self.restart_policy = restart_policy or RestartPolicy()
         self.mailbox_size = mailbox_size
@@ -194,6 +198,8 @@ class Server:
     def _check_settings(self) -> None:
         if self.mailbox_size < 1:
             raise ValueError(f"mailbox_size must be >= 1, got {self.mailbox_size!r}")
+        if self.state_max_records < 0:
+            raise ValueError(f"state_max_records must be >= 0 (0: no bound), got {self.state_max_records!r}")
         if self.drain_timeout_s < 0:
             raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s!r}")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
@@ -222,12 +228,15 @@ class Server:
             "engine",
             "ray_address",
             "ray_namespace",
+            "state_max_records",
         )
         for name in names:
             if getattr(server, name) is not UNSET:
                 setattr(self, name, getattr(server, name))
         if server.state_path is not UNSET:
             self.store = server.state_path
+        if self.state_max_records < 0:
+            raise ConfigError(f"state_max_records must be >= 0 (0: no bound), got {self.state_max_records!r}")
         gateway_fields = (
             "max_body_bytes",
             "max_params_bytes",
@@ -358,7 +367,7 @@ class Server:
             raise ValueError(f"server {self.server_id!r} has no agents: declare one before serving")
         if admin_port is not None:
             self.faults.enable()
-        store = ServingStore(self.store)
+        store = ServingStore(self.store, self.state_max_records or None)
         webhooks = Webhooks(self.webhooks, store)
         chats, tasks = ChatBook(store), TaskBook(store, webhooks)
         specs = self.faults.wire([accept_notifications(tasks.manage(chats.manage(spec))) for spec in specs])

@@ -12,10 +12,12 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import msgspec
+from loguru import logger
 
 
 @runtime_checkable
@@ -32,21 +34,58 @@ class Store(Protocol):
         """Release what the store holds; it is not used afterwards."""
 
 
-class MemoryStore:
-    """A ``Store`` in a dict: for tests, and the default when no state path is configured
-    (everything is lost when the process ends)."""
+DEFAULT_MAX_RECORDS = 100_000
+"""How many records of each kind (chats, tasks, subscriptions, ...) a store the runtime opens keeps."""
 
-    def __init__(self) -> None:
-        self._records: dict[tuple[str, str], bytes] = {}
+
+class _Bound:
+    """The most records of each kind a store keeps; past it, the least recently written go, and the first
+    time for each kind one line says so (a bound is what keeps a stream of ``chat.start`` from taking all
+    the memory or the disk)."""
+
+    def __init__(self, max_records: int | None, store: str) -> None:
+        if max_records is not None and max_records < 1:
+            raise ValueError(f"max_records must be at least 1 (or None: no bound), got {max_records!r}")
+        self.max_records = max_records
+        self._store = store
+        self._reached: set[str] = set()
+
+    def excess(self, kind: str, count: int) -> int:
+        """How many of ``count`` records of ``kind`` must go."""
+        if self.max_records is None or count <= self.max_records:
+            return 0
+        if kind not in self._reached:
+            self._reached.add(kind)
+            logger.warning(
+                "{} holds {} {} records, its bound: the least recently written are forgotten from now on",
+                self._store,
+                self.max_records,
+                kind,
+            )
+        return count - self.max_records
+
+
+class MemoryStore:
+    """A ``Store`` in memory: for tests, and the default when no state path is configured (everything is
+    lost when the process ends). ``max_records`` bounds each kind (None: no bound)."""
+
+    def __init__(self, max_records: int | None = None) -> None:
+        self._kinds: dict[str, OrderedDict[str, bytes]] = {}
+        self._bound = _Bound(max_records, "the memory store")
         self._lock = threading.Lock()
 
     def load(self, kind: str, key: str) -> bytes | None:
         with self._lock:
-            return self._records.get((kind, key))
+            records = self._kinds.get(kind)
+            return None if records is None else records.get(key)
 
     def save(self, kind: str, key: str, value: bytes) -> None:
         with self._lock:
-            self._records[(kind, key)] = bytes(value)
+            records = self._kinds.setdefault(kind, OrderedDict())
+            records[key] = bytes(value)
+            records.move_to_end(key)  # least recently written first
+            for _ in range(self._bound.excess(kind, len(records))):
+                records.popitem(last=False)
 
     def close(self) -> None:
         """Nothing to release: the records stay readable, as a test may want after a server stops."""
@@ -56,10 +95,16 @@ class SQLiteStore:
     """A ``Store`` in one SQLite file (stdlib ``sqlite3``), so records survive a restart.
 
     One connection in WAL mode, shared by every thread under a lock: writes are single statements in
-    autocommit, each durable against a crash of the process when it returns. One process per file."""
+    autocommit, each durable against a crash of the process when it returns. One process per file.
+    ``max_records`` bounds each kind (None: no bound): every write is numbered, and the least recently
+    written records over the bound are deleted, checked every tenth of the bound's writes (at most every
+    1,000), so a kind may exceed it by that much between checks."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_records: int | None = None) -> None:
         self.path = Path(path)
+        self._bound = _Bound(max_records, f"the state file {str(self.path)!r}")
+        self._check_every = 1 if max_records is None else max(1, min(1000, max_records // 10))
+        self._writes_since_check: dict[str, int] = {}
         self._lock = threading.Lock()
         self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         with self._lock:
@@ -69,6 +114,11 @@ class SQLiteStore:
                 "CREATE TABLE IF NOT EXISTS records "
                 "(kind TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (kind, key))"
             )
+            columns = {row[1] for row in self._connection.execute("PRAGMA table_info(records)")}
+            if "written" not in columns:  # a file from before records were numbered: all equally old
+                self._connection.execute("ALTER TABLE records ADD COLUMN written INTEGER NOT NULL DEFAULT 0")
+            self._connection.execute("CREATE INDEX IF NOT EXISTS records_by_age ON records (kind, written)")
+            self._written = self._connection.execute("SELECT COALESCE(MAX(written), 0) FROM records").fetchone()[0]
 
     def load(self, kind: str, key: str) -> bytes | None:
         with self._lock:
@@ -79,10 +129,28 @@ class SQLiteStore:
 
     def save(self, kind: str, key: str, value: bytes) -> None:
         with self._lock:
+            self._written += 1
             self._connection.execute(
-                "INSERT INTO records (kind, key, value) VALUES (?, ?, ?) "
-                "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value",
-                (kind, key, bytes(value)),
+                "INSERT INTO records (kind, key, value, written) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, written = excluded.written",
+                (kind, key, bytes(value), self._written),
+            )
+            if self._bound.max_records is not None:
+                self._keep_bound(kind)
+
+    def _keep_bound(self, kind: str) -> None:
+        writes = self._writes_since_check.get(kind, 0) + 1
+        if writes < self._check_every:
+            self._writes_since_check[kind] = writes
+            return
+        self._writes_since_check[kind] = 0
+        (count,) = self._connection.execute("SELECT COUNT(*) FROM records WHERE kind = ?", (kind,)).fetchone()
+        excess = self._bound.excess(kind, count)
+        if excess:
+            self._connection.execute(
+                "DELETE FROM records WHERE rowid IN "
+                "(SELECT rowid FROM records WHERE kind = ? ORDER BY written LIMIT ?)",
+                (kind, excess),
             )
 
     def close(self) -> None:
@@ -93,13 +161,14 @@ class SQLiteStore:
         return f"SQLiteStore({str(self.path)!r})"
 
 
-def open_store(source: Store | str | Path | None) -> tuple[Store, bool]:
+def open_store(source: Store | str | Path | None, max_records: int | None = None) -> tuple[Store, bool]:
     """The store ``source`` names (a Store as it is, a path as an ``SQLiteStore``, None as a fresh
-    ``MemoryStore``) and whether the caller opened it, and so must close it."""
+    ``MemoryStore``; the two made here keep at most ``max_records`` of each kind) and whether the caller
+    opened it, and so must close it."""
     if source is None:
-        return MemoryStore(), True
+        return MemoryStore(max_records), True
     if isinstance(source, str | Path):
-        return SQLiteStore(source), True
+        return SQLiteStore(source, max_records), True
     if isinstance(source, Store):
         return source, False
     raise TypeError(f"a store is a path or a Store (load, save, close), got {source!r}")
@@ -109,13 +178,14 @@ class ServingStore:
     """The one store of a serving server, shared by its managed chats and tasks: opened when serving
     starts and closed when it stops (only if it opened it), both off the event loop."""
 
-    def __init__(self, source: Store | str | Path | None) -> None:
+    def __init__(self, source: Store | str | Path | None, max_records: int | None = DEFAULT_MAX_RECORDS) -> None:
         self._source = source
+        self._max_records = max_records
         self._store: Store | None = None
         self._owned = False
 
     def open(self) -> None:
-        self._store, self._owned = open_store(self._source)
+        self._store, self._owned = open_store(self._source, self._max_records)
 
     def close(self) -> None:
         store, self._store = self._store, None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from conftest import arc_post, envelope, post, run, serving_process
 
 from arc_actors import Agent, ARCError, Client, Server
 from arc_actors.chats import Chat
+from arc_actors.config import ConfigError, load_settings
 from arc_actors.store import MemoryStore, SQLiteStore, utc_now
 
 
@@ -313,6 +315,68 @@ def test_store_saves_replaces_and_loads_by_kind_and_key_from_many_threads(tmp_pa
         assert store.load("chat", "missing") is None
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("kind_of_store", ["memory", "sqlite"])
+def test_a_bounded_store_forgets_the_least_recently_written_records_of_a_kind(tmp_path, kind_of_store):
+    path = tmp_path / "bounded.db"
+    store = MemoryStore(max_records=3) if kind_of_store == "memory" else SQLiteStore(path, max_records=3)
+    for key in "abc":
+        store.save("chat", key, key.encode())
+    store.save("chat", "a", b"a again")  # written again: now the most recent
+    store.save("chat", "d", b"d")
+    store.save("task", "t", b"t")  # another kind, bounded on its own
+    assert [store.load("chat", key) for key in "abcd"] == [b"a again", None, b"c", b"d"]
+    assert store.load("task", "t") == b"t"
+    if kind_of_store == "sqlite":  # the order of writes survives a reopening
+        store.close()
+        store = SQLiteStore(path, max_records=3)
+        store.save("chat", "e", b"e")
+        assert [store.load("chat", key) for key in "acde"] == [b"a again", None, b"d", b"e"]
+    store.close()
+
+
+def test_a_state_file_from_before_the_bound_opens_and_keeps_its_records(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE records (kind TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (kind, key))"
+        )
+        old.execute("INSERT INTO records VALUES ('chat', 'old', X'6f6c64')")
+    old.close()
+    store = SQLiteStore(path, max_records=2)
+    store.save("chat", "new", b"new")
+    assert (store.load("chat", "old"), store.load("chat", "new")) == (b"old", b"new")
+    store.save("chat", "newer", b"newer")
+    assert [store.load("chat", key) for key in ("old", "new", "newer")] == [None, b"new", b"newer"]
+    store.close()
+
+
+def test_a_server_keeps_at_most_state_max_records_chats_and_says_so_for_a_forgotten_one(serve):
+    server = Server(server_id="bounded", state_max_records=2)
+    server.add_agent(Counter)
+    url = serve(server).url
+
+    for chat_id in ("c-1", "c-2", "c-3"):
+        start = envelope("counter", "chat.start", {"chatId": chat_id, "initialMessage": said("hi")})
+        assert run(post(url, start))["error"] is None
+    forgotten = run(post(url, envelope("counter", "chat.message", {"chatId": "c-1", "message": said("x")})))
+    kept = run(post(url, envelope("counter", "chat.message", {"chatId": "c-3", "message": said("x")})))
+    assert forgotten["error"]["code"] == -43001
+    assert kept["error"] is None
+
+
+def test_state_max_records_is_checked_in_code_and_in_config(tmp_path):
+    with pytest.raises(ValueError, match="state_max_records must be >= 0"):
+        Server(server_id="s", state_max_records=-1)
+    config = tmp_path / "arc_actors.toml"
+    config.write_text("[server]\nstate_max_records = -5\n")
+    server = Server(server_id="s")
+    with pytest.raises(ConfigError, match="state_max_records"):
+        server.configure(load_settings(config, environ={}))
+    config.write_text("[server]\nstate_max_records = 0\n")
+    server.configure(load_settings(config, environ={"ARC_STATE_MAX_RECORDS": "7"}))
+    assert server.state_max_records == 7
 
 
 def test_record_timestamps_are_utc_iso_8601_to_the_millisecond():
