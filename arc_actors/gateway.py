@@ -245,7 +245,7 @@ class Gateway:
         chat_id: Any,
     ) -> web.StreamResponse:
         sink = DeltaSink()
-        answer = asyncio.ensure_future(self._router.dispatch(request, identity, stream=sink))
+        answer = asyncio.ensure_future(_settled(lambda: self._router.dispatch(request, identity, stream=sink)))
         answer.add_done_callback(lambda _: sink.deltas.put_nowait(None))
         try:
             streamed = await self._relay_deltas(http_request, response, sink, chat_id)
@@ -417,6 +417,12 @@ class Gateway:
         if not self._config.reference_statuses:
             return 200
         return _REFERENCE_STATUSES.get(code, 400)
+
+
+async def _settled(dispatch: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    """``dispatch()`` awaited in a task of its own, so that whatever it raises, even before it returns
+    its awaitable, is raised where the task's result is read."""
+    return await dispatch()
 
 
 def _invalid_request_message(exc: msgspec.ValidationError) -> str:

@@ -235,8 +235,6 @@ class Server:
                 setattr(self, name, getattr(server, name))
         if server.state_path is not UNSET:
             self.store = server.state_path
-        if self.state_max_records < 0:
-            raise ConfigError(f"state_max_records must be >= 0 (0: no bound), got {self.state_max_records!r}")
         gateway_fields = (
             "max_body_bytes",
             "max_params_bytes",
