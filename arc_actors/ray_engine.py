@@ -390,6 +390,9 @@ class AgentHost:
         self._exchanges: dict[str, _Exchange] = {}
         """The requests that have events to send or asks to be answered, by the gateway's key."""
         self._serving: set[asyncio.Future[None]] = set()
+        self._queued: set[str] = set()
+        """The requests waiting for a slot; those of them their gateway gave up on are ``_withdrawn``."""
+        self._withdrawn: set[str] = set()
         self._heard: dict[str, float] = {}
         """When each gateway was last heard from (a request, a status poll)."""
         self._watching: asyncio.Task[None] | None = None
@@ -433,12 +436,18 @@ class AgentHost:
         if self._waiting >= self._mailbox_size:
             return self._reply(error=mailbox_full(self._agent_id, self._mailbox_size))
         self._waiting += 1
+        self._queued.add(key)
         try:
             slot = await self._free.get()
         finally:
             self._waiting -= 1
+            self._queued.discard(key)
         if slot is None:  # woken by the agent's failure
             return self._reply(error=self._refused())
+        if key in self._withdrawn:  # its gateway gave up on it while it waited: skipped, as in process
+            self._withdrawn.discard(key)
+            self._free.put_nowait(slot)
+            return self._reply(error=not_available(self._agent_id, "skipped: withdrawn by its gateway", None))
         exchange = self._exchanges[key] = _Exchange(key, errand)
         context._caller = exchange
         if errand.task_id is not None:
@@ -448,7 +457,7 @@ class AgentHost:
         serving.add_done_callback(self._serving.discard)
         first = await exchange.first()
         if isinstance(first, Reply):
-            del self._exchanges[key]
+            self._exchanges.pop(key, None)  # gone already if the gateway gave up on it
             return first
         return None
 
@@ -479,6 +488,8 @@ class AgentHost:
         exchange = self._exchanges.get(key)
         if exchange is not None:
             exchange.cancel()
+        elif key in self._queued:
+            self._withdrawn.add(key)
 
     async def _serve(
         self, slot: _Slot, method: str, params: dict[str, Any], context: Context, exchange: _Exchange

@@ -196,6 +196,46 @@ def test_cancel_reaches_the_running_handler_and_the_task_stays_canceled(serve, s
     assert health["agents"]["sleeper"]["busy"] == 0
 
 
+class CountingSleeper(Sleeper):
+    """A sleeper that counts the task runs it started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = 0
+
+    async def task_create(self, params, context):
+        self.started += 1
+        return await super().task_create(params, context)
+
+    @handles("started.get")
+    def started_get(self, params, context):
+        return self.started
+
+
+def test_a_task_cancelled_while_waiting_for_the_agent_never_runs(serve):
+    server = Server(server_id="tasks")
+    server.add_agent(CountingSleeper)
+    url = serve(server).url
+
+    async def cancel_queued_then_running() -> tuple[list[str], int, dict]:
+        async with Client(url) as client:
+            running = (await client.task.create("sleeper", said("async"))).result["task"]["taskId"]
+            queued = (await client.task.create("sleeper", said("async"))).result["task"]["taskId"]
+            await until(client, "sleeper", running, "WORKING")
+            await client.task.cancel("sleeper", queued)
+            await client.task.cancel("sleeper", running)
+            seen = await observed(client)
+            await asyncio.sleep(0.2)  # time for a queued run that was not withdrawn to start
+            started = (await client.call("started.get", "sleeper", {})).result
+            return seen, started, (await client.task.info("sleeper", queued)).result["task"]
+
+    seen, started, queued = run(cancel_queued_then_running())
+    assert seen == ["async cancelled"]
+    assert started == 1  # the queued run never started
+    assert queued["status"] == "CANCELED"
+    assert texts(queued) == ["async"]
+
+
 def test_invalid_transitions_and_unknown_tasks_answer_their_exact_codes(serve):
     server = Server(server_id="tasks")
     server.add_agent(Failing)
