@@ -86,6 +86,7 @@ GATEWAY_SILENT_S = 5.0
 """How long a gateway with requests in flight may go unheard before the hosts refuse those requests'
 asks (``context.call``, task reports) with -41003: Ray does not tell an actor that a caller died."""
 GATEWAY_CHECK_S = 1.0
+WITHDRAWN_KEPT = 1024
 TASK_OPERATIONS = frozenset(("get", "add_message", "add_artifact", "progress"))
 """What a handler on Ray may ask of its request's ``TaskHandle``, done by the gateway."""
 
@@ -390,9 +391,9 @@ class AgentHost:
         self._exchanges: dict[str, _Exchange] = {}
         """The requests that have events to send or asks to be answered, by the gateway's key."""
         self._serving: set[asyncio.Future[None]] = set()
-        self._queued: set[str] = set()
-        """The requests waiting for a slot; those of them their gateway gave up on are ``_withdrawn``."""
-        self._withdrawn: set[str] = set()
+        self._withdrawn: dict[str, None] = {}
+        """The requests their gateway gave up on before they had a slot (the latest ``WITHDRAWN_KEPT``;
+        a ``cancel`` may even arrive before its ``call``: Ray runs an async actor's calls concurrently)."""
         self._heard: dict[str, float] = {}
         """When each gateway was last heard from (a request, a status poll)."""
         self._watching: asyncio.Task[None] | None = None
@@ -436,16 +437,14 @@ class AgentHost:
         if self._waiting >= self._mailbox_size:
             return self._reply(error=mailbox_full(self._agent_id, self._mailbox_size))
         self._waiting += 1
-        self._queued.add(key)
         try:
             slot = await self._free.get()
         finally:
             self._waiting -= 1
-            self._queued.discard(key)
         if slot is None:  # woken by the agent's failure
             return self._reply(error=self._refused())
-        if key in self._withdrawn:  # its gateway gave up on it while it waited: skipped, as in process
-            self._withdrawn.discard(key)
+        if key in self._withdrawn:  # its gateway gave up on it before it started: skipped, as in process
+            del self._withdrawn[key]
             self._free.put_nowait(slot)
             return self._reply(error=not_available(self._agent_id, "skipped: withdrawn by its gateway", None))
         exchange = self._exchanges[key] = _Exchange(key, errand)
@@ -488,8 +487,10 @@ class AgentHost:
         exchange = self._exchanges.get(key)
         if exchange is not None:
             exchange.cancel()
-        elif key in self._queued:
-            self._withdrawn.add(key)
+        else:  # not started yet (or over already: then the key ages out)
+            self._withdrawn[key] = None
+            if len(self._withdrawn) > WITHDRAWN_KEPT:
+                del self._withdrawn[next(iter(self._withdrawn))]
 
     async def _serve(
         self, slot: _Slot, method: str, params: dict[str, Any], context: Context, exchange: _Exchange

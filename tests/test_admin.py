@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import aiohttp
-import pytest
 from conftest import envelope, post, run
 
 from arc_actors.demo import build_server
@@ -34,7 +33,6 @@ def test_admin_endpoint_is_off_by_default_and_never_on_the_public_port():
         assert run(status_of(running.admin_url)) == 200
 
 
-@pytest.mark.usefixtures("engine")
 def test_admin_endpoint_lists_arms_and_clears_faults_of_the_running_server():
     server = build_server()
     with serving(server, admin_port=0) as running:

@@ -227,7 +227,7 @@ def test_the_same_seed_gives_the_same_faults_in_every_run():
     assert outcomes_with_seed(12) != first
 
 
-@pytest.mark.usefixtures("engine")
+@pytest.mark.usefixtures("engine")  # what the admin API does, on either engine
 def test_faults_are_armed_and_cleared_while_serving_and_counts_are_kept():
     server = Server(faults=FaultPlan())
     server.add_agent(Counting)

@@ -197,6 +197,7 @@ def test_a_client_that_disconnects_cancels_the_generator_and_frees_the_agent(str
     assert answer["error"]["code"] == -43001  # the agent answered: the cancelled chat.start recorded nothing
 
 
+@pytest.mark.pykka_only(GATEWAY_ONLY)
 def test_a_handler_that_does_not_stream_answers_one_stream_frame_of_its_whole_reply(streamer_url):
     async def exchange() -> list[dict]:
         async with Client(streamer_url) as client:
