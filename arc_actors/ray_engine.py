@@ -1007,7 +1007,8 @@ class RayEngine:
         message = str(exc).splitlines()[0][:200]
         cell.last_crash = crash_record("WorkerDied", message)
         report = cell.report
-        self._supervisor.remember(agent_id, report.failure_ages if report else [])
+        if report is not None:  # else it died before reporting: the window here is the latest
+            self._supervisor.remember(agent_id, report.failure_ages)
         decision = self._supervisor.on_failure(agent_id, f"worker process died: {message}")
         cell.restarts_before += report.restarts if report else 0
         cell.escalations_before += report.escalations if report else 0

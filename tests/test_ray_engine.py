@@ -122,6 +122,34 @@ def test_process_deaths_beyond_the_policy_escalate_to_failed_until_restarted_by_
     assert "pid" in revived["result"]
 
 
+class DiesAtStart(Agent):
+    agent_id = "worker"
+    restart_policy = RestartPolicy(max_restarts=1, within_s=60, backoff_initial_s=0.01)
+
+    def on_start(self):
+        os._exit(3)
+
+    @handles("work.run")
+    def work(self, params, context):
+        return {}
+
+
+def test_processes_dying_before_their_first_report_still_escalate_under_the_policy(ray_cluster):
+    async def until_failed(url: str) -> dict:
+        deadline = time.monotonic() + 20
+        while (agent := (await Client(url).health())["agents"]["worker"])["status"] != "failed":
+            assert time.monotonic() < deadline, agent
+            await asyncio.sleep(0.05)
+        return agent
+
+    with serving(ray_server("dies-at-start", DiesAtStart)) as running:
+        agent = run(until_failed(running.url))
+        refused = run(post(running.url, envelope("worker", "work.run")))
+    assert (agent["restarts"], agent["escalations"]) == (1, 1)
+    assert agent["last_crash"]["type"] == "WorkerDied"
+    assert refused["error"]["code"] == -41002
+
+
 def test_a_process_killed_while_idle_is_noticed_and_replaced_without_a_request(ray_cluster):
     async def until_replaced(url: str) -> dict:
         deadline = time.monotonic() + 15
