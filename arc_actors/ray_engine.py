@@ -859,7 +859,7 @@ class RayEngine:
             ]
             for cell in due:
                 cell.polled_at = now
-            await asyncio.gather(*(self._poll(cell) for cell in due))
+            await asyncio.gather(*(self._poll(cell, cell.generation) for cell in due))
 
     async def drain(self, timeout_s: float) -> dict[str, int]:
         for cell in self._cells.values():
@@ -989,8 +989,11 @@ class RayEngine:
             error = exc
         host.answer.remote(key, ask.ask_id, value, error)
 
-    async def _poll(self, cell: _Cell) -> None:
-        generation = cell.generation
+    async def _poll(self, cell: _Cell, generation: int) -> None:
+        """Refresh the status of the host of ``generation``, found due; by the time this runs a request
+        may have seen it die (and ``cell.host`` still be the dead one until its replacement is made)."""
+        if generation != cell.generation:
+            return
         try:
             cell.observe(await cell.host.status.remote(self._id))
         except self._ray.exceptions.RayActorError as exc:
