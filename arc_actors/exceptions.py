@@ -30,6 +30,10 @@ class ARCError(Exception):
         """The wire form of this error."""
         return ErrorObject(code=self.code, message=self.message, details=self.details)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its code, message and details (an engine ships it between processes)."""
+        return type(self), (self.code, self.message, self.details), self.__dict__
+
 
 ARCException = ARCError
 

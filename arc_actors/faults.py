@@ -327,10 +327,12 @@ class FaultInjector:
         """Disarm every fault; the injected counts are kept."""
         self.arm(FaultPlan(seed=self._plan.seed))
 
-    def wire(self, specs: Iterable[AgentSpec]) -> list[AgentSpec]:
+    def wire(self, specs: Iterable[AgentSpec], *, around_handlers: bool = True) -> list[AgentSpec]:
         """The specs of a new app: with injection on, their instances wrapped so that every handler meets
         the armed faults first (the plan is checked against these agents, the counts start afresh);
-        with it off, the specs unchanged."""
+        with it off, the specs unchanged. ``around_handlers=False`` leaves them unchanged in any case,
+        for an engine that draws (``draw``) and strikes (``strike``) the faults itself, where the agent's
+        code runs."""
         specs = list(specs)
         if not self._enabled:
             self._served_without = True
@@ -339,6 +341,8 @@ class FaultInjector:
         with self._lock:
             self._rngs = {}
             self._injected = {spec.agent_id: Counter() for spec in specs}
+        if not around_handlers:
+            return specs
         return [spec.map_handlers(partial(self._around, spec.agent_id)) for spec in specs]
 
     def _around(self, agent_id: str, method: str, handler: Handler) -> Handler:
@@ -346,34 +350,48 @@ class FaultInjector:
 
         def with_faults(params: dict[str, Any], context: Context) -> Any:
             if self._plan.faults_for(agent_id, method):
-                self._inject(agent_id, method, context)
+                strike(self.draw(agent_id, method), agent_id, method, context.trace_id)
             return handler(params, context)
 
         return with_faults
 
-    def _inject(self, agent_id: str, method: str, context: Context) -> None:
+    def draw(self, agent_id: str, method: str) -> list[Struck]:
+        """The faults that strike this call of ``agent_id``'s ``method`` under the armed plan, counted as
+        injected; ``strike`` makes them happen, in the agent's thread."""
         with self._lock:
             plan = self._plan
+            if not plan.faults_for(agent_id, method):
+                return []
             rng = self._rngs.get(agent_id)
             if rng is None:
                 rng = self._rngs[agent_id] = plan.rng_for(agent_id)
             struck = plan.draw(agent_id, method, rng)
             counts = self._injected.setdefault(agent_id, Counter())
             counts.update(fault.kind.value for fault, _ in struck)
-        log = logger.bind(agent_id=agent_id, trace_id=context.trace_id or "-")
-        for fault, seconds in struck:
-            if fault.kind is FaultKind.LATENCY:
-                log.debug("injected latency of {:.3f} s into {}", seconds, method)
-                time.sleep(seconds)
-            elif fault.kind is FaultKind.HANG:
-                log.info("injected hang of {:.3f} s into {}", seconds, method)
-                time.sleep(seconds)
-            elif fault.kind is FaultKind.CRASH:
-                log.info("injected crash into {}", method)
-                raise InjectedCrash(f"injected crash ({fault.spec()}) in {agent_id} {method}")
-            else:
-                log.info("injected error {} into {}", fault.code, method)
-                raise ARCError(fault.code, f"Injected error {fault.code}", {"agentId": agent_id, "injected": True})
+        return struck
+
+
+Struck = tuple[Fault, float]
+"""A fault drawn for one call, with how long it lasts (hang, latency)."""
+
+
+def strike(struck: Sequence[Struck], agent_id: str, method: str, trace_id: str | None) -> None:
+    """Make the drawn faults happen, in the thread of the agent serving the call: sleep for a latency
+    or hang, raise ``InjectedCrash`` for a crash, ``ARCError`` for an error."""
+    log = logger.bind(agent_id=agent_id, trace_id=trace_id or "-")
+    for fault, seconds in struck:
+        if fault.kind is FaultKind.LATENCY:
+            log.debug("injected latency of {:.3f} s into {}", seconds, method)
+            time.sleep(seconds)
+        elif fault.kind is FaultKind.HANG:
+            log.info("injected hang of {:.3f} s into {}", seconds, method)
+            time.sleep(seconds)
+        elif fault.kind is FaultKind.CRASH:
+            log.info("injected crash into {}", method)
+            raise InjectedCrash(f"injected crash ({fault.spec()}) in {agent_id} {method}")
+        else:
+            log.info("injected error {} into {}", fault.code, method)
+            raise ARCError(fault.code, f"Injected error {fault.code}", {"agentId": agent_id, "injected": True})
 
 
 def _parse_spec(spec: str, agents: dict[str, tuple[str, ...]] | None) -> tuple[Target, list[Fault]]:

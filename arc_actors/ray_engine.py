@@ -19,6 +19,16 @@ The runtime's wraps (managed chats and tasks) run here, in the gateway, around a
 so they use the gateway's store; only the agent's own code is shipped to Ray (by cloudpickle, so
 classes and closures defined in ``__main__`` or in an APP file travel by value).
 
+**One channel per request.** What a handler needs of its gateway while it runs travels as events on
+that request's own channel: a streamed reply's :class:`Delta` s, and :class:`Ask` s for ``context.call``
+(done by the gateway's router, so call chains, cycles, trace ids and -41001/-41003 are the in-process
+ones) and for ``context.task`` reports (done on the gateway's real ``TaskHandle``, with its store),
+answered by ``AgentHost.answer``. ``AgentHost.call`` answers the :class:`Reply` itself when the handler
+made no event, one round trip as for any actor call; otherwise it answers None and the gateway reads
+the events, then the reply, from the streaming generator ``AgentHost.follow``. Faults are drawn by the
+gateway's ``FaultInjector`` (its plan, seed and counts, set by the admin API) and struck in the agent's
+thread, so a crash is the host's crash, a hang trips the host's watchdog.
+
 Actors are named ``agent_id`` in the namespace ``arc_actors-<server_id>`` (or ``ray_namespace``) and
 found with ``get_if_exists``, so every gateway of one app reaches the same actors.
 """
@@ -27,12 +37,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
+import itertools
 import sys
 import threading
 import time
-from collections.abc import Awaitable
-from typing import Any
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from loguru import logger
@@ -51,9 +64,14 @@ from arc_actors.engine import (
     timed_out,
 )
 from arc_actors.exceptions import ARCError, internal_error
-from arc_actors.protocol import ErrorObject, Outcome
+from arc_actors.faults import Struck, strike
+from arc_actors.protocol import ErrorCode, ErrorObject, Outcome
 from arc_actors.streaming import collect
 from arc_actors.supervisor import RestartPolicy, Supervisor
+from arc_actors.tasks import Task, TaskCancelled, TaskHandle
+
+if TYPE_CHECKING:
+    from arc_actors.faults import FaultInjector
 
 RAY_MISSING = "the ray engine needs Ray: pip install 'arc-actors[ray]'"
 CONTROL_CALLS = 8
@@ -65,6 +83,13 @@ POLL_IDLE_S = 1.0
 STOP_POLL_S = 0.01
 NAME_RELEASE_WAIT_S = 10.0
 """How long a replacement waits for the cluster to record its predecessor's death."""
+GATEWAY_SILENT_S = 5.0
+"""How long a gateway with requests in flight may go unheard before the hosts refuse those requests'
+asks (``context.call``, task reports) with -41003: Ray does not tell an actor that a caller died."""
+GATEWAY_CHECK_S = 1.0
+WITHDRAWN_KEPT = 1024
+TASK_OPERATIONS = frozenset(("get", "add_message", "add_artifact", "progress"))
+"""What a handler on Ray may ask of its request's ``TaskHandle``, done by the gateway."""
 
 
 def import_ray() -> Any:
@@ -92,11 +117,39 @@ class HostStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Reply(msgspec.Struct, frozen=True):
-    """A host's answer to one request: the JSON-encoded result, or the error to answer with."""
+    """A host's answer to one request: the JSON-encoded result, or the error to answer with, or (a
+    managed task's run only) what the handler raised, for the gateway's task book to judge."""
 
     result: bytes | None
     error: ErrorObject | None
     status: HostStatus
+    raised: Any = None
+
+
+class Errand(msgspec.Struct, frozen=True):
+    """What travels with a request besides its context: the gateway that waits for it, whether it is
+    streamed, the managed task it runs, and the faults drawn for it, to strike in the agent's thread."""
+
+    gateway: str
+    stream: bool = False
+    task_id: str | None = None
+    faults: list[Struck] = []
+
+
+class Delta(msgspec.Struct, frozen=True):
+    """An event of a request's channel: the next delta of a streamed reply."""
+
+    text: str
+
+
+class Ask(msgspec.Struct, frozen=True):
+    """An event of a request's channel: the handler needs the gateway to ``call`` another agent (``args``:
+    agent id, method, params) or to do a ``task`` operation on the request's real ``TaskHandle``
+    (``args``: one of ``TASK_OPERATIONS``, then its arguments). Answered by ``AgentHost.answer``."""
+
+    ask_id: int
+    op: str
+    args: tuple[Any, ...]
 
 
 class _Slot:
@@ -112,17 +165,43 @@ class _Slot:
     def submit(self, function: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.wrap_future(self._thread.submit(function, *args))
 
-    def complete(self, value: Any) -> Any:
-        """In the slot's thread: run an awaitable (an async generator: to its joined deltas) to its end
-        on the thread's own loop, as the in-process engine does."""
+    def complete(self, value: Any, exchange: _Exchange | None = None) -> Any:
+        """In the slot's thread: run an awaitable (an async generator: to its joined deltas, each sent to
+        the gateway when the request streams) to its end on the thread's own loop, as the in-process
+        engine does, cancellable through the request's ``exchange``."""
         if inspect.isasyncgen(value):
-            value = collect(value)
+            value = collect(value, exchange.delta if exchange is not None and exchange.errand.stream else None)
         if not inspect.isawaitable(value):
             return value
         loop = getattr(self._local, "loop", None)
         if loop is None:
             loop = self._local.loop = asyncio.new_event_loop()
-        return run_to_completion(loop, value)
+        return run_to_completion(loop, value if exchange is None else exchange.guard(value))
+
+    def serve(
+        self, method: str, params: dict[str, Any], context: Context, exchange: _Exchange
+    ) -> tuple[Outcome, BaseException | None]:
+        """In the slot's thread: one request, its drawn faults first. A cancelled request ends with an
+        ARC error, not a crash; in a managed task's run, what the handler raises is kept in
+        ``exchange.raised`` for the gateway's task book, as the in-process task wrap would judge it."""
+        handler = self.handlers[method]
+        errand = exchange.errand
+
+        def run(params: dict[str, Any], context: Context) -> Any:
+            strike(errand.faults, context.target_agent, method, context.trace_id)
+            try:
+                return self.complete(handler(params, context), exchange)
+            except (asyncio.CancelledError, TaskCancelled):
+                if not exchange.cancelled.is_set():
+                    raise
+                raise ARCError(ErrorCode.INTERNAL_ERROR, "Request cancelled by its gateway") from None
+            except Exception as exc:
+                if errand.task_id is None:
+                    raise
+                exchange.raised = exc
+                return None
+
+        return serve_request(run, params, context, _as_is)
 
     def abandon(self) -> None:
         """Leave the thread to whatever it is stuck in, for a fresh one."""
@@ -132,11 +211,143 @@ class _Slot:
         self.agent, self.handlers = None, {}
 
 
-class _NoCalls:
-    """``context.call`` inside a Ray actor: not offered yet, said plainly."""
+class _Exchange:
+    """The host's end of one request's channel to its gateway (see ``AgentHost.follow``): the events to
+    send it, the asks it has yet to answer, and the request's cancellation. It is the handler's
+    ``context.call`` (an :class:`~arc_actors.agent.AgentCaller`)."""
 
-    def call_from(self, context: Context, agent_id: str, method: str, params: dict[str, Any]) -> Any:
-        raise RuntimeError("context.call is not available on the ray engine yet; use the pykka engine")
+    def __init__(self, key: str, errand: Errand) -> None:
+        self.key = key
+        self.errand = errand
+        self.cancelled = threading.Event()
+        self.raised: Exception | None = None
+        self._loop = asyncio.get_running_loop()
+        self._events: list[Any] = []
+        self._ready = asyncio.Event()
+        self._lock = threading.Lock()
+        self._asks = itertools.count()
+        self._pending: dict[int, concurrent.futures.Future[Any]] = {}
+        self._refusal: ARCError | None = None
+        self._running: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
+
+    # -- on the host's loop --
+
+    def put(self, event: Any) -> None:
+        self._events.append(event)
+        self._ready.set()
+
+    async def first(self) -> Any:
+        """The first event, left in place."""
+        await self._ready.wait()
+        return self._events[0]
+
+    async def take(self) -> list[Any]:
+        """Every event so far, at least one."""
+        await self._ready.wait()
+        self._ready.clear()
+        events, self._events = self._events, []
+        return events
+
+    @property
+    def asking(self) -> bool:
+        return bool(self._pending)
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether its gateway gave up on it or went silent: nobody may read its reply."""
+        return self._refusal is not None
+
+    def answer(self, ask_id: int, value: Any, error: BaseException | None) -> None:
+        with self._lock:
+            future = self._pending.pop(ask_id, None)
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def refuse(self, error: ARCError) -> None:
+        """Answer every pending ask, and every later one, with ``error`` (the gateway is gone)."""
+        with self._lock:
+            self._refusal = error
+            pending, self._pending = list(self._pending.values()), {}
+        for future in pending:
+            if not future.done():
+                future.set_exception(error)
+
+    def cancel(self) -> None:
+        """The gateway gave up on the request (task cancelled, stream client gone): stop its handler."""
+        self.cancelled.set()
+        self.refuse(ARCError(ErrorCode.INTERNAL_ERROR, "Request cancelled by its gateway"))
+        with self._lock:
+            running = self._running
+        if running is not None:
+            loop, task = running
+            with contextlib.suppress(RuntimeError):  # the slot's loop is closed: the run is over
+                loop.call_soon_threadsafe(task.cancel)
+
+    # -- in the slot's thread --
+
+    def delta(self, text: str) -> None:
+        self._loop.call_soon_threadsafe(self.put, Delta(text))
+
+    def ask(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self._refusal is not None:
+                future.set_exception(self._refusal)
+                return future
+            ask_id = next(self._asks)
+            self._pending[ask_id] = future
+        self._loop.call_soon_threadsafe(self.put, Ask(ask_id, op, args))
+        return future
+
+    def call_from(
+        self, context: Context, agent_id: str, method: str, params: dict[str, Any]
+    ) -> concurrent.futures.Future[Outcome]:
+        return self.ask("call", agent_id, method, params)
+
+    async def guard(self, awaitable: Awaitable[Any]) -> Any:
+        """Await ``awaitable`` as the task ``cancel`` cancels."""
+        with self._lock:
+            if self.cancelled.is_set():
+                raise asyncio.CancelledError
+            self._running = (asyncio.get_running_loop(), asyncio.current_task())
+        try:
+            return await awaitable
+        finally:
+            with self._lock:
+                self._running = None
+
+
+class _RemoteTask(TaskHandle):
+    """``context.task`` in the host: each report is made by the gateway on the request's real
+    ``TaskHandle`` (with the gateway's store) and waited for, as the in-process handle waits for its
+    store; its exceptions are raised here. ``cancelled`` is this request's."""
+
+    def __init__(self, exchange: _Exchange, task_id: str) -> None:
+        self.task_id = task_id  # the task book and run of a real handle stay in the gateway
+        self._exchange = exchange
+
+    @property
+    def cancelled(self) -> bool:
+        return self._exchange.cancelled.is_set()
+
+    def get(self) -> Task:
+        return self._do("get")
+
+    def add_message(self, message: Any) -> None:
+        self._do("add_message", message)
+
+    def add_artifact(self, artifact: dict[str, Any]) -> None:
+        self._do("add_artifact", artifact)
+
+    def progress(self, fraction: float) -> None:
+        self._do("progress", fraction)
+
+    def _do(self, operation: str, *args: Any) -> Any:
+        return self._exchange.ask("task", operation, *args).result()
 
 
 class AgentHost:
@@ -152,6 +363,7 @@ class AgentHost:
         concurrency: int,
         mailbox_size: int,
         failure_ages: list[float],
+        gateway_silent_s: float = GATEWAY_SILENT_S,
     ) -> None:
         sys.path.extend(entry for entry in sys_path if entry not in sys.path)  # where the agent's modules are
         from ray import cloudpickle
@@ -177,14 +389,29 @@ class AgentHost:
         self._last_crash: dict[str, str] | None = None
         self._started_at = time.monotonic()
         self._log = logger.bind(agent_id=agent_id)
+        self._exchanges: dict[str, _Exchange] = {}
+        """The requests that have events to send or asks to be answered, by the gateway's key."""
+        self._serving: set[asyncio.Future[None]] = set()
+        self._withdrawn: dict[str, None] = {}
+        """The requests their gateway gave up on before they had a slot (the latest ``WITHDRAWN_KEPT``;
+        a ``cancel`` may even arrive before its ``call``: Ray runs an async actor's calls concurrently)."""
+        self._heard: dict[str, float] = {}
+        """When each gateway was last heard from (a request, a status poll)."""
+        self._watching: asyncio.Task[None] | None = None
+        self._gateway_silent_s = gateway_silent_s
 
     async def ready(self) -> HostStatus:
         """Make the first instances; answered once each slot has one, or the agent has failed."""
+        if self._watching is None:
+            self._watching = asyncio.get_running_loop().create_task(self._watch_gateways())
         if not self._slots:
             await self._start_all()
         return self.status()
 
-    def status(self) -> HostStatus:
+    def status(self, gateway: str | None = None) -> HostStatus:
+        """The agent's status now; ``gateway``, when a gateway polls, is heard from."""
+        if gateway is not None:
+            self._heard[gateway] = time.monotonic()
         self._seq += 1
         state = AgentState.FAILED if self._failed else AgentState.RESTARTING if self._down else AgentState.RUNNING
         return HostStatus(
@@ -199,8 +426,13 @@ class AgentHost:
             failure_ages=self._supervisor.failure_ages(self._agent_id),
         )
 
-    async def call(self, method: str, params: dict[str, Any], context: Context) -> Reply:
-        """Serve one request when a slot is free, in arrival order."""
+    async def call(
+        self, key: str, method: str, params: dict[str, Any], context: Context, errand: Errand
+    ) -> Reply | None:
+        """Serve one request when a slot is free, in arrival order. Answers its :class:`Reply` when the
+        handler made no event on the way; else None, and the gateway reads the events, then the reply,
+        with ``follow(key)``: a plain request costs one round trip, as before the channel existed."""
+        self._heard[errand.gateway] = time.monotonic()
         if self._failed:
             return self._reply(error=self._refused())
         if self._waiting >= self._mailbox_size:
@@ -212,11 +444,73 @@ class AgentHost:
             self._waiting -= 1
         if slot is None:  # woken by the agent's failure
             return self._reply(error=self._refused())
-        context._caller = _NoCalls()
+        if key in self._withdrawn:  # its gateway gave up on it before it started: skipped, as in process
+            del self._withdrawn[key]
+            self._free.put_nowait(slot)
+            return self._reply(error=not_available(self._agent_id, "skipped: withdrawn by its gateway", None))
+        exchange = self._exchanges[key] = _Exchange(key, errand)
+        context._caller = exchange
+        if errand.task_id is not None:
+            context.task = _RemoteTask(exchange, errand.task_id)
+        serving = asyncio.ensure_future(self._serve(slot, method, params, context, exchange))
+        self._serving.add(serving)
+        serving.add_done_callback(self._serving.discard)
+        first = await exchange.first()
+        if isinstance(first, Reply):
+            self._exchanges.pop(key, None)  # gone already if the gateway gave up on it
+            return first
+        return None
+
+    async def follow(self, key: str) -> AsyncIterator[list[Any]]:
+        """The rest of a request ``call`` answered None for, as a Ray streaming generator: batches of
+        :class:`Delta` and :class:`Ask` events in the order the handler made them, the last batch ending
+        with the :class:`Reply`."""
+        exchange = self._exchanges.get(key)
+        if exchange is None:
+            return
+        try:
+            while True:
+                events = await exchange.take()
+                yield events
+                if isinstance(events[-1], Reply):
+                    return
+        finally:
+            self._exchanges.pop(key, None)
+
+    def answer(self, key: str, ask_id: int, value: Any, error: BaseException | None) -> None:
+        """The gateway's answer to an :class:`Ask` of request ``key``."""
+        exchange = self._exchanges.get(key)
+        if exchange is not None:
+            exchange.answer(ask_id, value, error)
+
+    def cancel(self, key: str) -> None:
+        """The gateway gave up on request ``key`` (its task was cancelled, its stream's client left)."""
+        exchange = self._exchanges.get(key)
+        if exchange is not None:
+            exchange.cancel()
+        else:  # not started yet (or over already: then the key ages out)
+            self._withdrawn[key] = None
+            if len(self._withdrawn) > WITHDRAWN_KEPT:
+                del self._withdrawn[next(iter(self._withdrawn))]
+
+    async def _serve(
+        self, slot: _Slot, method: str, params: dict[str, Any], context: Context, exchange: _Exchange
+    ) -> None:
+        try:
+            reply = await self._run(slot, method, params, context, exchange)
+        except Exception as exc:  # noqa: BLE001 - a failure of the host's own code still answers
+            reply = self._reply(error=internal_error(exc, self._agent_id, context.trace_id, method))
+        exchange.put(reply)
+        if exchange.abandoned:
+            self._exchanges.pop(exchange.key, None)
+
+    async def _run(
+        self, slot: _Slot, method: str, params: dict[str, Any], context: Context, exchange: _Exchange
+    ) -> Reply:
         self._busy += 1
         try:
             outcome, crash = await asyncio.wait_for(
-                slot.submit(serve_request, slot.handlers[method], params, context, slot.complete), self._hang_after_s
+                slot.submit(slot.serve, method, params, context, exchange), self._hang_after_s
             )
         except TimeoutError:
             reason = f"{method} hung for more than {self._hang_after_s} s"
@@ -230,9 +524,33 @@ class AgentHost:
             self._supervise(slot, type(crash).__name__, str(crash))
         else:
             self._free.put_nowait(slot)
+        if exchange.raised is not None:
+            return self._reply(raised=exchange.raised)
         if isinstance(outcome, ErrorObject):
             return self._reply(error=outcome)
         return self._reply(result=bytes(outcome))
+
+    async def _watch_gateways(self) -> None:
+        """Until the actor ends: refuse the asks of requests whose gateway has gone silent (it polls
+        every ``POLL_BUSY_S`` while it has requests in flight), so a handler waiting on a dead gateway
+        gets an ARC error instead of waiting forever."""
+        while True:
+            await asyncio.sleep(min(GATEWAY_CHECK_S, self._gateway_silent_s))
+            now = time.monotonic()
+            for exchange in list(self._exchanges.values()):
+                silent_s = now - self._heard.get(exchange.errand.gateway, now)
+                if exchange.asking and silent_s > self._gateway_silent_s:
+                    self._log.warning(
+                        "gateway {} silent for {:.1f} s: its requests' asks refused", exchange.errand.gateway, silent_s
+                    )
+                    exchange.refuse(
+                        ARCError(
+                            ErrorCode.AGENT_UNREACHABLE,
+                            f"Agent unreachable: the gateway serving this request has not been heard from "
+                            f"for {silent_s:.1f} s",
+                            {"gateway": exchange.errand.gateway},
+                        )
+                    )
 
     async def revive(self) -> HostStatus:
         """Bring a failed agent back with fresh instances and a forgotten failure history."""
@@ -257,8 +575,8 @@ class AgentHost:
         self._down += len(self._slots)
         await asyncio.gather(*(self._start(slot, 0.0) for slot in self._slots))
 
-    def _reply(self, result: bytes | None = None, error: ErrorObject | None = None) -> Reply:
-        return Reply(result, error, self.status())
+    def _reply(self, result: bytes | None = None, error: ErrorObject | None = None, raised: Any = None) -> Reply:
+        return Reply(result, error, self.status(), raised)
 
     def _refused(self) -> ErrorObject:
         return not_available(self._agent_id, "has failed and awaits a restart", self._last_crash)
@@ -426,6 +744,7 @@ class RayEngine:
         *,
         address: str | None,
         namespace: str,
+        faults: FaultInjector | None = None,
     ) -> None:
         self._ray = import_ray()
         if not self._ray.is_initialized():
@@ -441,6 +760,9 @@ class RayEngine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._host_class = self._ray.remote(max_restarts=0)(AgentHost)
+        self._faults = faults
+        self._id = uuid.uuid4().hex
+        """This gateway, to the hosts: who they wait for and check on."""
 
     # -- the Engine interface --
 
@@ -467,7 +789,8 @@ class RayEngine:
             return future
         cell.in_flight.add(future)
         future.add_done_callback(cell.in_flight.discard)
-        self._background(self._answer(cell, method, params, context, future))
+        answering = self._background(self._answer(cell, method, params, context, future))
+        future.add_done_callback(lambda done: done.cancelled() and answering.cancel())
         if cell.request_timeout_s is not None:
             timer = loop.call_later(
                 cell.request_timeout_s, _resolve, future, timed_out(agent_id, cell.request_timeout_s)
@@ -537,7 +860,7 @@ class RayEngine:
             ]
             for cell in due:
                 cell.polled_at = now
-            await asyncio.gather(*(self._poll(cell) for cell in due))
+            await asyncio.gather(*(self._poll(cell, cell.generation) for cell in due))
 
     async def drain(self, timeout_s: float) -> dict[str, int]:
         for cell in self._cells.values():
@@ -604,26 +927,76 @@ class RayEngine:
         _resolve(future, outcome)
 
     async def _request(self, cell: _Cell, method: str, params: dict[str, Any], context: Context) -> bytes:
-        """One request to the agent's host: its encoded result, or :class:`_Answered` with its error."""
+        """One request to the agent's host: its encoded result, or :class:`_Answered` with its error (or,
+        in a managed task's run, what the handler raised, raised here). Its deltas go to the request's
+        stream and its asks are done here, as they come."""
         await cell.ready.wait()
         if cell.failed:
             raise _Answered(not_available(cell.spec.agent_id, "has failed and awaits a restart", cell.last_crash))
         generation = cell.generation
+        key = uuid.uuid4().hex
+        errand = Errand(
+            self._id,
+            context.stream is not None,
+            None if context.task is None else context.task.task_id,
+            [] if self._faults is None else self._faults.draw(cell.spec.agent_id, method),
+        )
         try:
-            reply: Reply = await cell.host.call.remote(method, params, _shipped(context))
+            reply: Reply | None = await cell.host.call.remote(key, method, params, _shipped(context), errand)
+            if reply is None:
+                reply = await self._follow(cell, key, context)
         except self._ray.exceptions.RayActorError as exc:
             self._died(cell, generation, exc)
             why = "lost its worker process with this request in flight; it may or may not have run"
             raise _Answered(not_available(cell.spec.agent_id, why, cell.last_crash)) from None
+        except asyncio.CancelledError:
+            cell.host.cancel.remote(key)
+            raise
         cell.observe(reply.status)
+        if reply.raised is not None:
+            raise reply.raised
         if reply.error is not None:
             raise _Answered(reply.error)
         return reply.result
 
-    async def _poll(self, cell: _Cell) -> None:
-        generation = cell.generation
+    async def _follow(self, cell: _Cell, key: str, context: Context) -> Reply:
+        """Read a request's events until its reply: deltas to its stream, asks done in the background
+        (a handler may wait on several at once) and answered to the host."""
+        host = cell.host
+        async for batch in host.follow.remote(key):
+            for event in await batch:
+                if isinstance(event, Reply):
+                    return event
+                if isinstance(event, Delta):
+                    context.stream.send(event.text)
+                else:
+                    self._background(self._do(host, key, event, context))
+        raise RuntimeError(f"the host of {cell.spec.agent_id} ended a request without its reply")
+
+    async def _do(self, host: Any, key: str, ask: Ask, context: Context) -> None:
+        """Do what a handler asked, as if it ran here: a call through the router (cycles, call chains and
+        the trace id as in process), a task operation on the real handle; answer the host."""
+        value: Any = None
+        error: BaseException | None = None
         try:
-            cell.observe(await cell.host.status.remote())
+            if ask.op == "call":
+                value = await asyncio.wrap_future(context._caller.call_from(context, *ask.args))
+            elif ask.op == "task" and context.task is not None and ask.args[0] in TASK_OPERATIONS:
+                operation = getattr(context.task, ask.args[0])
+                value = await asyncio.get_running_loop().run_in_executor(None, operation, *ask.args[1:])
+            else:
+                raise ValueError(f"the host asked for {ask.op} {ask.args[:1]}, which this request does not offer")
+        except Exception as exc:  # noqa: BLE001 - raised in the handler that asked, as in process
+            error = exc
+        host.answer.remote(key, ask.ask_id, value, error)
+
+    async def _poll(self, cell: _Cell, generation: int) -> None:
+        """Refresh the status of the host of ``generation``, found due; by the time this runs a request
+        may have seen it die (and ``cell.host`` still be the dead one until its replacement is made)."""
+        if generation != cell.generation:
+            return
+        try:
+            cell.observe(await cell.host.status.remote(self._id))
         except self._ray.exceptions.RayActorError as exc:
             self._died(cell, generation, exc)
 
@@ -638,7 +1011,8 @@ class RayEngine:
         message = str(exc).splitlines()[0][:200]
         cell.last_crash = crash_record("WorkerDied", message)
         report = cell.report
-        self._supervisor.remember(agent_id, report.failure_ages if report else [])
+        if report is not None:  # else it died before reporting: the window here is the latest
+            self._supervisor.remember(agent_id, report.failure_ages)
         decision = self._supervisor.on_failure(agent_id, f"worker process died: {message}")
         cell.restarts_before += report.restarts if report else 0
         cell.escalations_before += report.escalations if report else 0
@@ -716,16 +1090,18 @@ class RayEngine:
         except ValueError:
             return None
 
-    def _background(self, coroutine: Any) -> None:
+    def _background(self, coroutine: Any) -> asyncio.Task[Any]:
         """Run ``coroutine`` on the gateway's loop (called on it)."""
         task = self._loop.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 def _shipped(context: Context) -> Context:
     """What of a request's context travels to the host: its data, not the gateway's objects (the
-    router behind ``context.call``, the SSE sink, the task handle)."""
+    router behind ``context.call``, the SSE sink, the task handle), which the host stands in for with
+    the request's channel (see :class:`Errand`)."""
     shipped = Context(
         context.request_id,
         context.method,
@@ -742,3 +1118,7 @@ def _shipped(context: Context) -> Context:
 def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
     if not future.done():
         future.set_result(outcome)
+
+
+def _as_is(value: Any) -> Any:
+    return value

@@ -368,13 +368,17 @@ class Server:
         store = ServingStore(self.store, self.state_max_records or None)
         webhooks = Webhooks(self.webhooks, store)
         chats, tasks = ChatBook(store), TaskBook(store, webhooks)
-        specs = self.faults.wire([accept_notifications(tasks.manage(chats.manage(spec))) for spec in specs])
+        engine_name = self._engine_name()
+        specs = self.faults.wire(
+            [accept_notifications(tasks.manage(chats.manage(spec))) for spec in specs],
+            around_handlers=engine_name == "pykka",  # the ray engine strikes them where the agent's code runs
+        )
         supervisor = Supervisor(
             {spec.agent_id: spec.policy for spec in specs if spec.policy is not None},
             self.restart_policy,
             self.restart_policy.hang_after_s or hang_after_from_env(),
         )
-        engine = self._engine(supervisor)
+        engine = self._engine(engine_name, supervisor)
         router = Router(specs, tasks.front(engine))
         if self._authenticator is not None:
             self._authenticator.check_agents(router.agent_ids)
@@ -416,14 +420,15 @@ class Server:
             app.cleanup_ctx.append(app[ADMIN_SITE].serve)
         return app
 
-    def _engine(self, supervisor: Supervisor) -> Engine:
+    def _engine_name(self) -> str:
         name = self.engine or os.environ.get(ENGINE_ENV) or "pykka"
         if name not in ENGINES:
             raise ValueError(f"{ENGINE_ENV} is one of {', '.join(ENGINES)}, got {name!r}")
+        return name
+
+    def _engine(self, name: str, supervisor: Supervisor) -> Engine:
         if name == "pykka":
             return PykkaEngine(supervisor, self.mailbox_size, self.request_timeout_s)
-        if self.faults.enabled:
-            raise ValueError("fault injection runs in the pykka engine only: serve without --fault/--admin-port")
         from arc_actors.ray_engine import RayEngine
 
         return RayEngine(
@@ -432,6 +437,7 @@ class Server:
             self.request_timeout_s,
             address=self.ray_address or os.environ.get(RAY_ADDRESS_ENV) or None,
             namespace=self.ray_namespace or f"arc_actors-{self.server_id}",
+            faults=self.faults if self.faults.enabled else None,
         )
 
     def runner_options(self) -> dict[str, Any]:

@@ -117,11 +117,29 @@ def ray_cluster() -> Iterator[Any]:
 
 @pytest.fixture(params=["pykka", pytest.param("ray", marks=pytest.mark.ray)])
 def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test once per engine: servers made without an ``engine`` take ``ARC_ENGINE``."""
+    """Run the test once per engine: servers made without an ``engine`` take ``ARC_ENGINE``. A test
+    that does not take it runs on the pykka engine only; in a module that takes it for every test, a
+    test marked ``pykka_only("why")`` does too."""
     if request.param == "ray":
         request.getfixturevalue("ray_cluster")
     monkeypatch.setenv("ARC_ENGINE", request.param)
     return request.param
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the ray runs of tests marked ``pykka_only``; the marker must say why."""
+    deselected = []
+    for item in items:
+        marker = item.get_closest_marker("pykka_only")
+        if marker is None:
+            continue
+        if not marker.args:
+            raise pytest.UsageError(f"{item.nodeid}: pykka_only needs its reason, pykka_only('why')")
+        if getattr(item, "callspec", None) is not None and item.callspec.params.get("engine") == "ray":
+            deselected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item not in deselected]
 
 
 class Receiver:

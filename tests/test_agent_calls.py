@@ -1,13 +1,16 @@
-"""Agents calling agents in process: through the target's mailbox, with the trace id, never a deadlock."""
+"""Agents calling agents, on either engine: through the target's mailbox, with the trace id, never a deadlock."""
 
 from __future__ import annotations
 
 import time
 
+import pytest
 from conftest import envelope, post, run
 
 from arc_actors import Agent, ARCError, Server, handles
 from arc_actors.testing import serving
+
+pytestmark = pytest.mark.usefixtures("engine")
 
 
 class Finance(Agent):
@@ -99,6 +102,7 @@ def test_a_call_cycle_is_answered_with_an_arc_error_within_a_second_not_a_deadlo
     assert again["error"]["details"]["callChain"] == ["pong", "ping", "pong"]
 
 
+@pytest.mark.pykka_only("twelve agents are twelve Ray worker processes; the bound is the router's, as for cycles")
 def test_a_chain_of_calls_deeper_than_the_bound_is_refused():
     server = Server(server_id="relay")
     for number in range(12):

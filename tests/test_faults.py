@@ -1,4 +1,5 @@
-"""Fault injection: the spec language, the plan's draws, and faults applied by a real server."""
+"""Fault injection: the spec language, the plan's draws, and faults applied by a real server (on either
+engine: on ray they strike in the agent's worker process)."""
 
 from __future__ import annotations
 
@@ -141,6 +142,7 @@ def test_draws_follow_the_probabilities_and_repeat_under_the_same_seed():
     assert all(0.01 <= seconds <= 0.02 for seconds in latencies)
 
 
+@pytest.mark.usefixtures("engine")
 def test_crash_fault_answers_internal_error_and_restarts_the_agent_like_a_real_crash():
     server = Server(restart_policy=FAST_RESTARTS, faults=FaultPlan())
     server.add_agent(Counting)
@@ -156,6 +158,7 @@ def test_crash_fault_answers_internal_error_and_restarts_the_agent_like_a_real_c
     assert server.faults.injected["counting-agent"] == {"crash": 3, "hang": 0, "latency": 0, "error": 0}
 
 
+@pytest.mark.usefixtures("engine")
 def test_hang_fault_longer_than_the_watchdog_is_answered_agent_timeout_and_restarts_the_agent():
     server = Server(restart_policy=FAST_RESTARTS, faults=FaultPlan.parse("counting-agent:hang=1:2s"))
     server.add_agent(Counting)
@@ -169,6 +172,7 @@ def test_hang_fault_longer_than_the_watchdog_is_answered_agent_timeout_and_resta
     assert server.faults.injected["counting-agent"]["hang"] == 1
 
 
+@pytest.mark.usefixtures("engine")
 def test_latency_fault_delays_the_answer_and_the_handler_still_runs():
     server = Server(faults=FaultPlan.parse("counting-agent:latency=1:200ms"))
     server.add_agent(Counting)
@@ -223,6 +227,7 @@ def test_the_same_seed_gives_the_same_faults_in_every_run():
     assert outcomes_with_seed(12) != first
 
 
+@pytest.mark.usefixtures("engine")  # what the admin API does, on either engine
 def test_faults_are_armed_and_cleared_while_serving_and_counts_are_kept():
     server = Server(faults=FaultPlan())
     server.add_agent(Counting)

@@ -1,6 +1,7 @@
 """The ray engine's own guarantees: a worker process dying (killed, or ``os._exit`` in a handler) is
 answered and replaced under the agent's policy, never a hang and never an answer twice; several
-gateways reach the same actors; Ray missing is one clear line."""
+gateways reach the same actors; a handler waiting on a gateway that went silent gets an ARC error;
+Ray missing is one clear line."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import time
 from collections import Counter
 
 import aiohttp
+import msgspec
 import pytest
 from conftest import ROOT, envelope, free_port, post, run, start, wait_healthy
 
-from arc_actors import Agent, Client, RestartPolicy, Server, handles
+from arc_actors import Agent, ARCError, Client, RestartPolicy, Server, handles
+from arc_actors.agent import AgentSpec, Context
+from arc_actors.ray_engine import AgentHost, Ask, Errand, Reply
 from arc_actors.testing import serving
 
 pytestmark = pytest.mark.ray
@@ -118,6 +122,34 @@ def test_process_deaths_beyond_the_policy_escalate_to_failed_until_restarted_by_
     assert "pid" in revived["result"]
 
 
+class DiesAtStart(Agent):
+    agent_id = "worker"
+    restart_policy = RestartPolicy(max_restarts=1, within_s=60, backoff_initial_s=0.01)
+
+    def on_start(self):
+        os._exit(3)
+
+    @handles("work.run")
+    def work(self, params, context):
+        return {}
+
+
+def test_processes_dying_before_their_first_report_still_escalate_under_the_policy(ray_cluster):
+    async def until_failed(url: str) -> dict:
+        deadline = time.monotonic() + 20
+        while (agent := (await Client(url).health())["agents"]["worker"])["status"] != "failed":
+            assert time.monotonic() < deadline, agent
+            await asyncio.sleep(0.05)
+        return agent
+
+    with serving(ray_server("dies-at-start", DiesAtStart)) as running:
+        agent = run(until_failed(running.url))
+        refused = run(post(running.url, envelope("worker", "work.run")))
+    assert (agent["restarts"], agent["escalations"]) == (1, 1)
+    assert agent["last_crash"]["type"] == "WorkerDied"
+    assert refused["error"]["code"] == -41002
+
+
 def test_a_process_killed_while_idle_is_noticed_and_replaced_without_a_request(ray_cluster):
     async def until_replaced(url: str) -> dict:
         deadline = time.monotonic() + 15
@@ -152,6 +184,45 @@ def test_two_gateway_processes_reach_the_same_agent_actor(ray_cluster, stopper):
     ]
     assert [answer["count"] for answer in answers] == [1, 2, 3, 4, 5, 6]
     assert len({answer["pid"] for answer in answers}) == 1
+
+
+class Asker(Agent):
+    agent_id = "asker"
+
+    @handles("ask.run")
+    async def ask(self, params, context):
+        try:
+            await context.call("anyone", "any.method")
+        except ARCError as exc:
+            return {"code": exc.code, "details": exc.details}
+
+
+def test_a_handler_whose_gateway_went_silent_gets_an_arc_error_instead_of_waiting_forever(ray_cluster):
+    from ray import cloudpickle
+
+    host_class = ray_cluster.remote(max_restarts=0)(AgentHost).options(max_concurrency=8)
+    factory = cloudpickle.dumps(AgentSpec.of_class(Asker).factory)
+    host = host_class.remote("asker", factory, list(sys.path), RestartPolicy(), 30.0, 1, 4, [], gateway_silent_s=0.5)
+
+    async def ask_and_vanish() -> tuple[Reply | None, list, float]:
+        await host.ready.remote()
+        context = Context("r-1", "ask.run", "me", "asker")
+        started = time.monotonic()
+        first = await host.call.remote("key-1", "ask.run", {}, context, Errand("gateway-that-dies"))
+        batches = [await batch async for batch in host.follow.remote("key-1")]  # never answered nor polled
+        return first, batches, time.monotonic() - started
+
+    try:
+        first, batches, elapsed = run(ask_and_vanish())
+    finally:
+        ray_cluster.kill(host)
+    assert first is None  # the handler made an event: the rest comes through follow
+    assert [type(event) for batch in batches for event in batch] == [Ask, Reply]
+    assert batches[0][0].args == ("anyone", "any.method", {})
+    reply = batches[-1][-1]
+    assert reply.error is None
+    assert msgspec.json.decode(reply.result) == {"code": -41003, "details": {"gateway": "gateway-that-dies"}}
+    assert 0.5 <= elapsed < 5
 
 
 def test_ray_engine_without_ray_installed_is_one_clear_line():

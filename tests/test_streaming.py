@@ -1,4 +1,4 @@
-"""SSE streaming: chat.start/chat.message with ``stream: true``, from async generator handlers."""
+"""SSE streaming: chat.start/chat.message with ``stream: true``, from async generator handlers, on either engine."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import aiohttp
 import pytest
 from conftest import envelope, post, run
 
-from arc_actors import Agent, Client, RestartPolicy, Server
+from arc_actors import Agent, Client, RestartPolicy, Server, handles
+
+pytestmark = pytest.mark.usefixtures("engine")
+GATEWAY_ONLY = "the gateway's framing of a stream, the same code whatever runs the agent"
 
 
 def said(text: str) -> dict:
@@ -74,6 +77,11 @@ class Streamer(Agent):
     def chat_message(self, params, context):
         return " | ".join(message["parts"][0]["content"] for message in context.chat.messages)
 
+    @handles("stream.seen")
+    def seen(self, params, context):
+        """What the endless generator did, read where it ran."""
+        return {"yielded": len(Streamer.yielded), "finished": Streamer.finished.is_set()}
+
 
 @pytest.fixture
 def streamer_url(serve):
@@ -100,6 +108,7 @@ def test_a_streamed_chat_start_answers_exact_sse_frames_and_the_chat_records_the
     assert history["result"]["chat"]["message"]["parts"][0]["content"] == "hi | Hello world | next"
 
 
+@pytest.mark.pykka_only(GATEWAY_ONLY)
 def test_a_streamed_chat_start_without_chat_id_names_the_generated_one_in_every_frame(streamer_url):
     status, _, body = run(stream_raw(streamer_url, "chat.start", {"initialMessage": said("hi")}))
     frames = [frame for frame in body.split("\n\n") if frame]
@@ -168,22 +177,27 @@ def test_a_hang_mid_stream_is_answered_by_the_watchdog_with_an_error_then_done(s
 
 
 def test_a_client_that_disconnects_cancels_the_generator_and_frees_the_agent(streamer_url):
-    async def read_one_frame_and_leave() -> dict:
+    async def read_one_frame_and_leave() -> tuple[dict, dict]:
         async with aiohttp.ClientSession() as session:
             body = stream_request("chat.start", {"chatId": "chat-e", "initialMessage": said("endless")})
             async with session.post(streamer_url, data=body) as reply:
                 await reply.content.readuntil(b"\n\n")
                 reply.close()
-        assert await asyncio.to_thread(Streamer.finished.wait, 10)
-        return await post(
+        deadline = time.monotonic() + 10
+        while not (seen := (await post(streamer_url, envelope("streamer", "stream.seen")))["result"])["finished"]:
+            assert time.monotonic() < deadline, seen
+            await asyncio.sleep(0.02)
+        answer = await post(
             streamer_url, envelope("streamer", "chat.message", {"chatId": "chat-x", "message": said("?")})
         )
+        return seen, answer
 
-    answer = run(read_one_frame_and_leave())
-    assert 1 <= len(Streamer.yielded) < 200
+    seen, answer = run(read_one_frame_and_leave())
+    assert 1 <= seen["yielded"] < 200
     assert answer["error"]["code"] == -43001  # the agent answered: the cancelled chat.start recorded nothing
 
 
+@pytest.mark.pykka_only(GATEWAY_ONLY)
 def test_a_handler_that_does_not_stream_answers_one_stream_frame_of_its_whole_reply(streamer_url):
     async def exchange() -> list[dict]:
         async with Client(streamer_url) as client:
@@ -197,6 +211,7 @@ def test_a_handler_that_does_not_stream_answers_one_stream_frame_of_its_whole_re
     assert events[1]["data"]["status"] == "ACTIVE"
 
 
+@pytest.mark.pykka_only(GATEWAY_ONLY)
 def test_our_client_reads_a_stream_as_an_async_iterator_of_events(streamer_url):
     async def exchange() -> list[dict]:
         async with Client(streamer_url) as client:
@@ -210,6 +225,7 @@ def test_our_client_reads_a_stream_as_an_async_iterator_of_events(streamer_url):
     assert events[3]["data"]["done"] is True
 
 
+@pytest.mark.pykka_only(GATEWAY_ONLY)
 def test_our_client_reads_an_unknown_chat_as_an_error_event_then_done(streamer_url):
     async def exchange() -> list[dict]:
         async with Client(streamer_url) as client:
@@ -227,6 +243,7 @@ def test_our_client_reads_an_unknown_chat_as_an_error_event_then_done(streamer_u
     }
 
 
+@pytest.mark.pykka_only(GATEWAY_ONLY)
 def test_the_reference_client_reads_our_stream(streamer_url):
     arc = pytest.importorskip("arc", reason="arc-sdk is a test dependency: pip install '.[test]'")
 
@@ -241,6 +258,7 @@ def test_the_reference_client_reads_our_stream(streamer_url):
     assert events[3]["data"]["status"] == "ACTIVE"
 
 
+@pytest.mark.pykka_only("a server that is made, not served: no engine runs")
 def test_a_keep_alive_interval_that_is_not_positive_is_refused_when_the_server_is_made():
     with pytest.raises(ValueError, match="stream_keepalive_s must be > 0, got 0"):
         Server(stream_keepalive_s=0)
