@@ -94,6 +94,31 @@ def hang_after_from_env(default: float = DEFAULT_HANG_AFTER_S) -> float:
     return value
 
 
+RESTART_LINE_INTERVAL_S = 1.0
+"""An agent's restarts are logged at most once a second; the next line counts those left out (``/health``
+and ``/metrics`` count every one). An agent crashing 700 times a second wrote 700 lines a second, which
+slowed its healthy neighbours."""
+
+
+class _LineRate:
+    """At most one log line per key and interval, the next one telling how many were left out."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def fold(self, key: str, now: float) -> int | None:
+        """None: leave this line out; else log it, with this many left out since the last one."""
+        with self._lock:
+            logged_at, left_out = self._last.get(key, (-self._interval_s, 0))
+            if now - logged_at < self._interval_s:
+                self._last[key] = (logged_at, left_out + 1)
+                return None
+            self._last[key] = (now, 0)
+            return left_out
+
+
 class Supervisor:
     """Owns every restart decision. Thread-safe: agents' threads and the event loop both report failures."""
 
@@ -108,6 +133,7 @@ class Supervisor:
         self._default_hang_after_s = default_hang_after_s
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
+        self._restart_lines = _LineRate(RESTART_LINE_INTERVAL_S)
 
     def policy(self, agent_id: str) -> RestartPolicy:
         return self._policies.get(agent_id, self._default_policy)
@@ -139,15 +165,18 @@ class Supervisor:
             )
             return Decision(restart=False)
         delay_s = policy.backoff_s(restart_number)
-        logger.bind(agent_id=agent_id).warning(
-            "{} failed ({}): restart {} of {} allowed within {} s, in {:.3f} s",
-            agent_id,
-            reason,
-            restart_number,
-            policy.max_restarts,
-            policy.within_s,
-            delay_s,
-        )
+        folded = self._restart_lines.fold(agent_id, now)
+        if folded is not None:
+            logger.bind(agent_id=agent_id).warning(
+                "{} failed ({}): restart {} of {} allowed within {} s, in {:.3f} s{}",
+                agent_id,
+                reason,
+                restart_number,
+                policy.max_restarts,
+                policy.within_s,
+                delay_s,
+                f" ({folded} more restarts since the last such line)" if folded else "",
+            )
         return Decision(restart=True, delay_s=delay_s)
 
     def failure_ages(self, agent_id: str) -> list[float]:

@@ -255,6 +255,35 @@ def test_backoff_grows_by_its_factor_up_to_its_cap():
     assert all(0.8 <= jittered.backoff_s(1) <= 1.2 for _ in range(50))
 
 
+def test_a_crash_storm_logs_one_restart_line_a_second_counting_those_left_out(monkeypatch):
+    from loguru import logger
+
+    import arc_actors.supervisor as supervisor_module
+
+    clock = iter([100.0, 100.1, 100.2, 100.9, 101.0, 101.05, 102.5])
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return next(clock)
+
+    monkeypatch.setattr(supervisor_module, "time", Clock)
+    storm = RestartPolicy(max_restarts=100, within_s=60, backoff_initial_s=0, backoff_jitter=0)
+    supervisor = Supervisor({"stormy": storm}, RestartPolicy(), 60)
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="WARNING", format="{message}")
+    try:
+        decisions = [supervisor.on_failure("stormy", "boom") for _ in range(7)]
+    finally:
+        logger.remove(sink)
+    assert all(decision.restart for decision in decisions)
+    assert [line.split(": restart ")[1].strip() for line in lines] == [
+        "1 of 100 allowed within 60 s, in 0.000 s",
+        "5 of 100 allowed within 60 s, in 0.000 s (3 more restarts since the last such line)",
+        "7 of 100 allowed within 60 s, in 0.000 s (1 more restarts since the last such line)",
+    ]
+
+
 @pytest.mark.parametrize(
     ("fields", "complaint"),
     [
