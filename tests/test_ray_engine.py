@@ -19,7 +19,7 @@ from conftest import ROOT, envelope, free_port, post, run, start, wait_healthy
 
 from arc_actors import Agent, ARCError, Client, RestartPolicy, Server, handles
 from arc_actors.agent import AgentSpec, Context
-from arc_actors.ray_engine import AgentHost, Ask, Errand, Reply
+from arc_actors.ray_host import AgentHost, Ask, Errand, Reply
 from arc_actors.testing import serving
 
 pytestmark = pytest.mark.ray
