@@ -25,7 +25,6 @@ joined are its reply, streamed as they come when the request asked for ``stream:
 from __future__ import annotations
 
 import inspect
-import threading
 from collections.abc import Awaitable, Generator
 from functools import partial
 from typing import Any
@@ -100,7 +99,6 @@ class ChatBook:
 
     def __init__(self, store: ServingStore) -> None:
         self._serving = store
-        self._lock = threading.Lock()  # orders read-modify-write of records across agents' threads
 
     def manage(self, spec: AgentSpec) -> AgentSpec:
         """``spec`` with managed chats when it answers ``chat.start`` (and then ``chat.end`` too);
@@ -148,7 +146,7 @@ class ChatBook:
         )
         result, reply, chat_id = yield {**params, "chatId": chat.chat_id}, chat
         store, key = self._store_in_use(), record_key(agent_id, chat_id)
-        with self._lock:
+        with self._serving.transaction():
             started_by = _started_by(store.load(CHAT_KIND, key))
             if started_by is not None and (chat_id == chat.chat_id or started_by != context.request_agent):
                 # this id started meanwhile by another worker, or another caller's chat named by a full
@@ -164,7 +162,7 @@ class ChatBook:
         chat = self._open_chat(context.target_agent, params["chatId"])
         chat.messages.append(params["message"])
         result, reply, _ = yield params, chat
-        with self._lock:
+        with self._serving.transaction():
             chat = self._open_chat(context.target_agent, params["chatId"], closed_ok=True)
             chat.messages.append(params["message"])
             _add_reply(chat, reply)
@@ -174,7 +172,7 @@ class ChatBook:
     def _end(self, params: dict[str, Any], context: Context) -> _Lifecycle:
         chat = self._open_chat(context.target_agent, params["chatId"])
         result, reply, _ = yield params, chat
-        with self._lock:
+        with self._serving.transaction():
             chat = self._open_chat(context.target_agent, params["chatId"])
             _add_reply(chat, reply)
             chat.status, chat.closed_at, chat.reason = CLOSED, chat.updated_at, params.get("reason")

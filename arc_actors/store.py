@@ -13,6 +13,8 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -22,7 +24,9 @@ from loguru import logger
 
 @runtime_checkable
 class Store(Protocol):
-    """Bytes by ``(kind, key)``; safe to call from any thread."""
+    """Bytes by ``(kind, key)``; safe to call from any thread. A store may also offer ``transaction()``, a
+    context manager in which a read-modify-write is atomic (against other threads and, for a store shared
+    by several server processes, other processes); the runtime then uses it, else a lock of its own."""
 
     def load(self, kind: str, key: str) -> bytes | None:
         """The value saved under ``(kind, key)``, or None."""
@@ -34,6 +38,8 @@ class Store(Protocol):
         """Release what the store holds; it is not used afterwards."""
 
 
+SQLITE_BUSY_TIMEOUT_S = 30.0
+"""How long a write waits for another process's transaction on the same file before it fails."""
 DEFAULT_MAX_RECORDS = 100_000
 """How many records of each kind (chats, tasks, subscriptions, ...) a store the runtime opens keeps."""
 
@@ -72,7 +78,13 @@ class MemoryStore:
     def __init__(self, max_records: int | None = None) -> None:
         self._kinds: dict[str, OrderedDict[str, bytes]] = {}
         self._bound = _Bound(max_records, "the memory store")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Loads and saves in the block happen with no other thread's in between."""
+        with self._lock:
+            yield
 
     def load(self, kind: str, key: str) -> bytes | None:
         with self._lock:
@@ -94,19 +106,24 @@ class MemoryStore:
 class SQLiteStore:
     """A ``Store`` in one SQLite file (stdlib ``sqlite3``), so records survive a restart.
 
-    One connection in WAL mode, shared by every thread under a lock: writes are single statements in
-    autocommit, each durable against a crash of the process when it returns. One process per file.
-    ``max_records`` bounds each kind (None: no bound): every write is numbered, and the least recently
-    written records over the bound are deleted, checked every tenth of the bound's writes (at most every
-    1,000), so a kind may exceed it by that much between checks."""
+    One connection in WAL mode per store, shared by its threads under a lock; writes are single statements
+    in autocommit, each durable against a crash of the process when it returns. Several server processes
+    on one machine may share the file (a local file system: WAL needs shared memory): ``transaction()``
+    is SQLite's ``BEGIN IMMEDIATE``, so one process's read-modify-write of a chat or task never interleaves
+    with another's. ``max_records`` bounds each kind (None: no bound): every write is numbered per kind,
+    and the least recently written records over the bound are deleted, checked every tenth of the bound's
+    writes (at most every 1,000), so a kind may exceed it by that much between checks."""
 
     def __init__(self, path: str | Path, max_records: int | None = None) -> None:
         self.path = Path(path)
         self._bound = _Bound(max_records, f"the state file {str(self.path)!r}")
         self._check_every = 1 if max_records is None else max(1, min(1000, max_records // 10))
         self._writes_since_check: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.RLock()
+        self._depth = 0  # transactions open in this store's connection (nested ones join the outermost)
+        self._connection = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_S
+        )
         with self._lock:
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=NORMAL")
@@ -118,7 +135,26 @@ class SQLiteStore:
             if "written" not in columns:  # a file from before records were numbered: all equally old
                 self._connection.execute("ALTER TABLE records ADD COLUMN written INTEGER NOT NULL DEFAULT 0")
             self._connection.execute("CREATE INDEX IF NOT EXISTS records_by_age ON records (kind, written)")
-            self._written = self._connection.execute("SELECT COALESCE(MAX(written), 0) FROM records").fetchone()[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Loads and saves in the block happen with no other thread's or process's writes in between
+        (``BEGIN IMMEDIATE``; a process waits up to ``SQLITE_BUSY_TIMEOUT_S`` for another's to end)."""
+        with self._lock:
+            if self._depth:
+                yield
+                return
+            self._connection.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            else:
+                self._connection.execute("COMMIT")
+            finally:
+                self._depth = 0
 
     def load(self, kind: str, key: str) -> bytes | None:
         with self._lock:
@@ -129,11 +165,11 @@ class SQLiteStore:
 
     def save(self, kind: str, key: str, value: bytes) -> None:
         with self._lock:
-            self._written += 1
-            self._connection.execute(
-                "INSERT INTO records (kind, key, value, written) VALUES (?, ?, ?, ?) "
+            self._connection.execute(  # numbered in the statement: right whichever process writes next
+                "INSERT INTO records (kind, key, value, written) VALUES "
+                "(?, ?, ?, (SELECT COALESCE(MAX(written), 0) + 1 FROM records WHERE kind = ?)) "
                 "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, written = excluded.written",
-                (kind, key, bytes(value), self._written),
+                (kind, key, bytes(value), kind),
             )
             if self._bound.max_records is not None:
                 self._keep_bound(kind)
@@ -183,6 +219,13 @@ class ServingStore:
         self._max_records = max_records
         self._store: Store | None = None
         self._owned = False
+        self._lock = threading.RLock()  # for a store without transactions of its own
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """A block in which a read-modify-write of records is atomic: the store's own ``transaction()``,
+        else a lock of this process."""
+        transaction = getattr(self.store, "transaction", None)
+        return self._lock if transaction is None else transaction()
 
     def open(self) -> None:
         self._store, self._owned = open_store(self._source, self._max_records)

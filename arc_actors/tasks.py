@@ -24,7 +24,7 @@ For every agent that answers ``task.create``, the runtime answers ``task.create`
 
 **Events.** Every change of a task is saved through :meth:`TaskBook.update`, which turns it into task
 events (:func:`task_events`: NEW_MESSAGE, NEW_ARTIFACT, then the status event) and hands them to the
-webhooks, under the lock that orders the changes, so a task's events are queued in the order they happened.
+webhooks, in the store transaction that orders the changes, so a task's events are queued in the order they happened.
 
 **Task timeout.** A task's run is a request in the agent's mailbox like any other, so it gets what the
 agent's requests get: the agent's ``request_timeout_s`` when one is set, and its hang threshold
@@ -189,7 +189,6 @@ class TaskBook:
     def __init__(self, store: ServingStore, webhooks: Webhooks) -> None:
         self._serving = store
         self._webhooks = webhooks
-        self._lock = threading.Lock()  # orders read-modify-write of records across threads
         self._runs: dict[str, _Run] = {}
         self._resumable: set[str] = set()
 
@@ -213,9 +212,9 @@ class TaskBook:
         return _decoder.decode(raw)
 
     def update(self, agent_id: str, task_id: str, change: Callable[[Task], Any], *, live_only: bool = False) -> Task:
-        """Load, change and save the task under the lock, and publish its events; ``live_only`` leaves an
+        """Load, change and save the task in one store transaction, and publish its events; ``live_only`` leaves an
         ended task as it is."""
-        with self._lock:
+        with self._serving.transaction():
             task = self.load(agent_id, task_id)
             if live_only and task.status not in (SUBMITTED, WORKING, INPUT_REQUIRED):
                 return task
@@ -247,7 +246,7 @@ class TaskBook:
             metadata=params.get("metadata") or {},
             messages=[params["initialMessage"]],
         )
-        with self._lock:
+        with self._serving.transaction():
             self._save(task)
         return task
 
@@ -282,9 +281,9 @@ class TaskBook:
 
     def subscribe(self, agent_id: str, params: dict[str, Any]) -> dict[str, Any]:
         """Record a ``task.subscribe``: its params are checked first (which may resolve a host name),
-        then the task is read and the subscription kept under the lock, so no event falls between."""
+        then the task is read and the subscription kept in one store transaction, so no event falls between."""
         events = self._webhooks.check(params)
-        with self._lock:
+        with self._serving.transaction():
             task = self.load(agent_id, params["taskId"])
             return self._webhooks.record(task, params["callbackUrl"], events)
 

@@ -252,7 +252,6 @@ class Webhooks:
     def __init__(self, config: WebhookConfig, store: ServingStore) -> None:
         self.config = config
         self._serving = store
-        self._lock = threading.Lock()  # orders read-modify-write of subscription records
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[_Delivery] | None = None
         self._counts = dict.fromkeys(OUTCOMES, 0)
@@ -289,7 +288,7 @@ class Webhooks:
             events=events,
             created_at=utc_now(),
         )
-        with self._lock:
+        with self._serving.transaction():
             subscriptions = self.subscriptions(task.agent_id, task.task_id)
             subscriptions.append(subscription)
             self._save(task.agent_id, task.task_id, subscriptions)
@@ -307,7 +306,7 @@ class Webhooks:
         self._serving.store.save(SUBSCRIPTIONS_KIND, record_key(agent_id, task_id), _encoder.encode(subscriptions))
 
     def _deactivate(self, delivery: _Delivery) -> None:
-        with self._lock:
+        with self._serving.transaction():
             subscriptions = self.subscriptions(delivery.agent_id, delivery.task_id)
             for subscription in subscriptions:
                 if subscription.subscription_id == delivery.subscription_id:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import re
 import sqlite3
 import threading
@@ -294,6 +295,29 @@ def test_chat_survives_a_restart_of_the_server_process_on_the_same_sqlite_file(t
     ]
 
 
+def test_two_server_processes_sharing_one_sqlite_file_lose_no_message_of_one_chat(tmp_path, stopper):
+    count = 300  # enough that two processes' read-modify-writes of the chat do overlap (55 lost with locks)
+    state = {"ARC_STATE_PATH": str(tmp_path / "shared.db")}
+    with serving_process(stopper, state) as first, serving_process(stopper, state) as second:
+        arc_post(first, envelope("hr-agent", "chat.start", {"chatId": "c-1", "initialMessage": said("start")}))
+
+        def message(n: int) -> dict:
+            port = first if n % 2 else second  # every other message through the other gateway
+            return arc_post(port, envelope("hr-agent", "chat.message", {"chatId": "c-1", "message": said(f"m{n}")}))
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(message, range(count)))
+    assert [answer["error"] for answer in answers] == [None] * count
+    store = SQLiteStore(state["ARC_STATE_PATH"])
+    try:
+        chat = msgspec.json.decode(store.load("chat", '["hr-agent","c-1"]'), type=Chat)
+    finally:
+        store.close()
+    said_by_user = [text for text in texts(chat) if re.fullmatch(r"m\d+", text)]
+    assert sorted(said_by_user) == sorted(f"m{n}" for n in range(count))  # each kept, once
+    assert len(chat.messages) == 2 + 2 * count  # the start and its reply, then each message and its reply
+
+
 @pytest.mark.parametrize("make_store", [MemoryStore, lambda path: SQLiteStore(path)], ids=["memory", "sqlite"])
 def test_store_saves_replaces_and_loads_by_kind_and_key_from_many_threads(tmp_path, make_store):
     store = make_store() if make_store is MemoryStore else make_store(tmp_path / "s.db")
@@ -333,6 +357,19 @@ def test_a_bounded_store_forgets_the_least_recently_written_records_of_a_kind(tm
         store = SQLiteStore(path, max_records=3)
         store.save("chat", "e", b"e")
         assert [store.load("chat", key) for key in "acde"] == [b"a again", None, b"d", b"e"]
+    store.close()
+
+
+def test_a_sqlite_transaction_keeps_all_or_nothing_and_a_nested_one_joins_it(tmp_path):
+    store = SQLiteStore(tmp_path / "t.db")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.save("chat", "lost", b"x")
+        with store.transaction():
+            store.save("chat", "lost too", b"y")
+        raise RuntimeError("changed my mind")
+    with store.transaction(), store.transaction():
+        store.save("chat", "kept", b"z")
+    assert [store.load("chat", key) for key in ("lost", "lost too", "kept")] == [None, None, b"z"]
     store.close()
 
 
