@@ -37,6 +37,7 @@ found with ``get_if_exists``, so every gateway of one app reaches the same actor
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 import time
 import uuid
@@ -346,8 +347,10 @@ class RayEngine:
         self, cell: _Cell, method: str, params: dict[str, Any], context: Context, future: asyncio.Future[Outcome]
     ) -> None:
         try:
-            if cell.spec.layers:
-                outcome: Outcome = msgspec.Raw(msgspec.json.encode(await cell.handlers[method](params, context)))
+            if cell.spec.layers:  # the runtime's wraps answer some requests themselves, at once (chat.end)
+                answer = cell.handlers[method](params, context)
+                result = await answer if inspect.isawaitable(answer) else answer
+                outcome: Outcome = msgspec.Raw(msgspec.json.encode(result))
             else:
                 outcome = msgspec.Raw(await self._request(cell, method, params, context))
         except _Answered as answered:

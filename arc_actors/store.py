@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 from loguru import logger
@@ -80,11 +80,9 @@ class MemoryStore:
         self._bound = _Bound(max_records, "the memory store")
         self._lock = threading.RLock()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Loads and saves in the block happen with no other thread's in between."""
-        with self._lock:
-            yield
+    def transaction(self) -> AbstractContextManager[Any]:
+        """Loads and saves in the block happen with no other thread's in between (the store's own lock)."""
+        return self._lock
 
     def load(self, kind: str, key: str) -> bytes | None:
         with self._lock:
@@ -221,7 +219,7 @@ class ServingStore:
         self._owned = False
         self._lock = threading.RLock()  # for a store without transactions of its own
 
-    def transaction(self) -> AbstractContextManager[None]:
+    def transaction(self) -> AbstractContextManager[Any]:
         """A block in which a read-modify-write of records is atomic: the store's own ``transaction()``,
         else a lock of this process."""
         transaction = getattr(self.store, "transaction", None)

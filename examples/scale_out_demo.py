@@ -2,8 +2,9 @@
 
 1. ``ray start --head`` (2 CPUs, 100 MB object store, no dashboard, in a temporary directory);
 2. two ``python -m arc_actors serve examples/scale_out.py --engine ray --ray-address ADDR`` on ports
-   8001 and 8002;
-3. ``count.next`` through each gateway in turn: one counter, one worker process;
+   8001 and 8002, sharing one SQLite state file (``ARC_STATE_PATH``);
+3. ``count.next`` through each gateway in turn: one counter, one worker process; a chat started
+   through one gateway and ended through the other (its record is in the shared file);
 4. the agent's worker process is killed; the next request through the other gateway meets its
    replacement, and ``/health`` of each gateway counts the restart it saw;
 5. everything stopped: the gateways with SIGTERM, then the head (``ray start --block`` ends the
@@ -30,9 +31,9 @@ PORTS = (8001, 8002)
 GCS_PORT = 6390
 
 
-def arc(port: int, method: str, request_id: int) -> dict:
+def arc(port: int, method: str, request_id: int, params: dict | None = None) -> dict:
     body = {"arc": "1.0", "id": request_id, "method": method, "requestAgent": "demo"}
-    body |= {"targetAgent": "counter-agent", "params": {}}
+    body |= {"targetAgent": "counter-agent", "params": params or {}}
     request = urllib.request.Request(f"http://127.0.0.1:{port}/arc", json.dumps(body).encode())
     with urllib.request.urlopen(request, timeout=30) as reply:
         return json.loads(reply.read())
@@ -81,13 +82,18 @@ def main() -> None:
             argv = [sys.executable, "-m", "arc_actors", "serve", "examples/scale_out.py", "--engine", "ray"]
             argv += ["--ray-address", address, "--port", str(port), "--log-level", "WARNING"]
             # `ray start` turns Ray's token authentication on: the gateways present the token it wrote.
-            env = {**os.environ, "RAY_AUTH_MODE": "token"}
+            env = {**os.environ, "RAY_AUTH_MODE": "token", "ARC_STATE_PATH": str(Path(temp_dir) / "state.db")}
             gateways.append(subprocess.Popen(argv, cwd=ROOT, env=env))
         for port in PORTS:
             wait_healthy(port)
         for request_id in range(4):
             port = PORTS[request_id % 2]
             print(f"via :{port}  count.next -> {arc(port, 'count.next', request_id)['result']}")
+        said = {"role": "user", "parts": [{"type": "text", "content": "hi"}]}
+        hello = {"chatId": "demo-chat", "initialMessage": said}
+        started = arc(PORTS[0], "chat.start", 10, hello)["result"]["chat"]
+        ended = arc(PORTS[1], "chat.end", 11, {"chatId": "demo-chat"})["result"]["chat"]
+        print(f"via :{PORTS[0]}  chat.start -> {started['status']}; via :{PORTS[1]}  chat.end -> {ended['status']}")
         print("killing the agent's worker process ...")
         pid = arc(PORTS[0], "count.next", 4)["result"]["pid"]
         os.kill(pid, signal.SIGKILL)

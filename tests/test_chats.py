@@ -208,6 +208,18 @@ def test_context_chat_first_read_after_the_handler_is_the_chat_it_was_given(serv
     assert (texts(kept[0].chat), kept[0].chat.chat_id, kept[0]["chat"] is kept[0].chat) == (["hi"], "k-1", True)
 
 
+def test_chat_end_closes_the_chat_of_an_agent_without_its_own_chat_end_handler(serve, engine):
+    server = Server(server_id="ender")
+    server.add_agent(Counter)
+    url = serve(server).url
+
+    start = envelope("counter", "chat.start", {"chatId": "c-1", "initialMessage": said("hi")})
+    assert run(post(url, start))["error"] is None
+    ended = run(post(url, envelope("counter", "chat.end", {"chatId": "c-1", "reason": "done"})))
+    assert ended["error"] is None, ended
+    assert (ended["result"]["chat"]["status"], ended["result"]["chat"]["reason"]) == ("CLOSED", "done")
+
+
 def test_starting_a_chat_with_an_id_in_use_is_refused_and_changes_nothing(serve):
     server = Server(server_id="chats")
     server.add_agent(Counter)
