@@ -141,8 +141,8 @@ class ChatBook:
             created_at=now,
             updated_at=now,
             participants=[context.request_agent, agent_id],
-            metadata=params.get("metadata") or {},
-            messages=[params["initialMessage"]],
+            metadata=_copied(params.get("metadata") or {}),
+            messages=[_copied(params["initialMessage"])],
         )
         result, reply, chat_id = yield {**params, "chatId": chat.chat_id}, chat
         store, key = self._store_in_use(), record_key(agent_id, chat_id)
@@ -159,12 +159,13 @@ class ChatBook:
         return chat.result(reply) if result is None else result
 
     def _message(self, params: dict[str, Any], context: Context) -> _Lifecycle:
+        message = _copied(params["message"])  # as it came: what the handler does to its params is not recorded
         chat = self._open_chat(context.target_agent, params["chatId"])
-        chat.messages.append(params["message"])
+        chat.messages.append(message)
         result, reply, _ = yield params, chat
         with self._serving.transaction():
             chat = self._open_chat(context.target_agent, params["chatId"], closed_ok=True)
-            chat.messages.append(params["message"])
+            chat.messages.append(message)
             _add_reply(chat, reply)
             self._save(chat)
         return chat.result(reply) if result is None else result
@@ -234,6 +235,12 @@ def _started_by(record: bytes | None) -> str | None:
         return None
     participants = _participants_decoder.decode(record).participants
     return participants[0] if participants else ""
+
+
+def _copied(value: Any) -> Any:
+    """A deep copy of JSON data from a request, so the chat keeps it as it came, whatever the handler
+    does to its params."""
+    return msgspec.json.decode(_encoder.encode(value))
 
 
 def _deep_copy(chat: Chat) -> Chat:

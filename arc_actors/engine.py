@@ -7,6 +7,8 @@ be replaced by a distributed one without touching them.
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -88,22 +90,37 @@ def run_to_completion(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[Any]
     Most handlers finish without waiting on anything, and ``run_until_complete`` costs some 30 µs of
     event-loop bookkeeping each time, more than the rest of a request in an agent. So the loop's oldest
     ready callback (the new task's first step, when the loop was idle) is run at once, with the loop
-    marked running, as the loop itself would run it first: the task steps as a task (``current_task()``,
-    ``get_running_loop()``, ``asyncio.timeout()`` work), and only a task still waiting then runs the
-    loop. Python 3.12's eager tasks do this on a running loop, which an agent's is not between messages."""
+    marked running as ``run_forever`` marks it (running loop, thread, async-generator hooks), as the loop
+    itself would run it first: the task steps as a task (``current_task()``, ``asyncio.timeout()``, async
+    generators' clean-up work), and only a task still waiting then runs the loop. What a finished
+    handler left to the loop (a timer, a callback) gets one turn of it, as under ``run_until_complete``.
+    Python 3.12's eager tasks do this on a running loop, which an agent's is not between messages."""
     task = asyncio.ensure_future(awaitable, loop=loop)
     ready = getattr(loop, "_ready", None)  # asyncio's own loops keep their ready callbacks in this deque
-    if ready and not loop.is_running() and asyncio._get_running_loop() is None:
-        first = ready.popleft()
-        if not first.cancelled():
-            asyncio._set_running_loop(loop)
-            try:
-                first._run()
-            finally:
-                asyncio._set_running_loop(None)
-    if task.done():
-        return task.result()
+    if ready and hasattr(loop, "_asyncgen_firstiter_hook") and not loop.is_running():
+        if asyncio._get_running_loop() is None:
+            _run_first_callback(loop, ready.popleft())
+        if task.done():
+            if ready or getattr(loop, "_scheduled", None):
+                loop.call_soon(loop.stop)
+                loop.run_forever()
+            return task.result()
     return loop.run_until_complete(task)
+
+
+def _run_first_callback(loop: Any, first: asyncio.Handle) -> None:
+    if first.cancelled():
+        return
+    hooks = sys.get_asyncgen_hooks()
+    sys.set_asyncgen_hooks(firstiter=loop._asyncgen_firstiter_hook, finalizer=loop._asyncgen_finalizer_hook)
+    loop._thread_id = threading.get_ident()  # is_running(), as within run_forever
+    asyncio._set_running_loop(loop)
+    try:
+        first._run()
+    finally:
+        asyncio._set_running_loop(None)
+        loop._thread_id = None
+        sys.set_asyncgen_hooks(*hooks)
 
 
 # What every engine does with one request and one failure, whatever runs the agent.

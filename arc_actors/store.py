@@ -8,6 +8,7 @@ never from the event loop, and may be called from several threads at once.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 import threading
@@ -131,7 +132,8 @@ class SQLiteStore:
             )
             columns = {row[1] for row in self._connection.execute("PRAGMA table_info(records)")}
             if "written" not in columns:  # a file from before records were numbered: all equally old
-                self._connection.execute("ALTER TABLE records ADD COLUMN written INTEGER NOT NULL DEFAULT 0")
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it just now
+                    self._connection.execute("ALTER TABLE records ADD COLUMN written INTEGER NOT NULL DEFAULT 0")
             self._connection.execute("CREATE INDEX IF NOT EXISTS records_by_age ON records (kind, written)")
 
     @contextmanager
@@ -146,11 +148,12 @@ class SQLiteStore:
             self._depth = 1
             try:
                 yield
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            else:
                 self._connection.execute("COMMIT")
+            except BaseException:
+                if self._connection.in_transaction:  # a failed block, or a COMMIT that failed: nothing kept
+                    with contextlib.suppress(sqlite3.Error):
+                        self._connection.execute("ROLLBACK")
+                raise
             finally:
                 self._depth = 0
 

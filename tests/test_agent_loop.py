@@ -87,3 +87,36 @@ def test_a_callback_queued_before_the_handler_runs_first(loop):
 
     run_to_completion(loop, handler())
     assert order == ["queued", "handler"]
+
+
+def test_an_async_generator_a_handler_leaves_half_read_is_closed_by_its_loop(loop):
+    closed = []
+
+    async def tokens():
+        try:
+            while True:
+                await asyncio.sleep(0.001)
+                yield "token"
+        finally:
+            await asyncio.sleep(0)
+            closed.append(True)
+
+    async def reads_one():
+        async for token in tokens():
+            return token
+
+    assert run_to_completion(loop, reads_one()) == "token"
+    run_to_completion(loop, asyncio.sleep(0.01))  # the loop runs again: the finalizer's aclose() with it
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    assert closed == [True]
+
+
+def test_timeouts_of_handlers_that_never_wait_do_not_pile_up_in_the_loop(loop):
+    async def bounded():
+        async with asyncio.timeout(60):
+            assert asyncio.get_running_loop().is_running()
+            return "quick"
+
+    for _ in range(500):
+        assert run_to_completion(loop, bounded()) == "quick"
+    assert len(loop._scheduled) <= 1

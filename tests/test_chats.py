@@ -220,6 +220,26 @@ def test_chat_end_closes_the_chat_of_an_agent_without_its_own_chat_end_handler(s
     assert (ended["result"]["chat"]["status"], ended["result"]["chat"]["reason"]) == ("CLOSED", "done")
 
 
+def test_what_a_handler_does_to_its_params_is_neither_in_context_chat_nor_recorded(serve):
+    seen = []
+
+    def meddle(params, context):
+        params["initialMessage"]["parts"].append({"type": "text", "content": "ADDED"})
+        params["metadata"]["k"] = "mutated"
+        seen.append((texts(context.chat), dict(context.chat.metadata)))
+        return "ok"
+
+    server = Server(server_id="meddler", store=(store := MemoryStore()))
+    server.agent_handler("meddler", "chat.start")(meddle)
+    url = serve(server).url
+
+    start = {"chatId": "m-1", "initialMessage": said("hi"), "metadata": {"k": "v"}}
+    assert run(post(url, envelope("meddler", "chat.start", start)))["error"] is None
+    chat = msgspec.json.decode(store.load("chat", '["meddler","m-1"]'), type=Chat)
+    assert seen == [(["hi"], {"k": "v"})]
+    assert (texts(chat), chat.metadata) == (["hi", "ok"], {"k": "v"})
+
+
 def test_starting_a_chat_with_an_id_in_use_is_refused_and_changes_nothing(serve):
     server = Server(server_id="chats")
     server.add_agent(Counter)
@@ -382,6 +402,30 @@ def test_a_sqlite_transaction_keeps_all_or_nothing_and_a_nested_one_joins_it(tmp
     with store.transaction(), store.transaction():
         store.save("chat", "kept", b"z")
     assert [store.load("chat", key) for key in ("lost", "lost too", "kept")] == [None, None, b"z"]
+    store.close()
+
+
+def test_a_failed_commit_leaves_no_transaction_open(tmp_path):
+    store = SQLiteStore(tmp_path / "t.db")
+    real = store._connection
+
+    class FailingCommit:  # the connection, but its next COMMIT fails as a busy file would make it
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def execute(self, sql, *args):
+            if sql == "COMMIT":
+                store._connection = real
+                raise sqlite3.OperationalError("database is locked")
+            return real.execute(sql, *args)
+
+    store._connection = FailingCommit()
+    with pytest.raises(sqlite3.OperationalError), store.transaction():
+        store.save("chat", "lost", b"x")
+    assert not real.in_transaction
+    with store.transaction():
+        store.save("chat", "kept", b"y")
+    assert (store.load("chat", "lost"), store.load("chat", "kept")) == (None, b"y")
     store.close()
 
 
