@@ -179,7 +179,9 @@ class Agent:
     is supervised; by default the server's policy applies. ``concurrency = N`` runs N instances, each
     with its own state, reading one mailbox; ``mailbox_size`` bounds how many requests may wait (by
     default the server's bound); ``request_timeout_s`` bounds how long a caller waits, queue included
-    (by default the server's, none unless set).
+    (by default the server's, none unless set). ``managed_chats = False`` hands ``chat.*`` requests to
+    the handlers as they came, like any other method: no chat record, no ``context.chat``, and the
+    handler answers the full result (for agents that keep their own chat state; see docs/chats.md).
     """
 
     agent_id: ClassVar[str | None] = None
@@ -187,6 +189,7 @@ class Agent:
     concurrency: ClassVar[int] = 1
     mailbox_size: ClassVar[int | None] = None
     request_timeout_s: ClassVar[float | None] = None
+    managed_chats: ClassVar[bool] = True
     _arc_method_attributes: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -271,6 +274,9 @@ class AgentSpec:
     concurrency: int = 1
     mailbox_size: int | None = None
     request_timeout_s: float | None = None
+    managed_chats: bool = True
+    """Whether the runtime keeps this agent's chats (``arc_actors.chats``); False hands ``chat.*`` requests
+    to its handlers as they came."""
     layers: tuple[Layer, ...] = ()
     """The runtime's wraps around every instance (``map_handlers``), innermost first, kept apart from
     ``factory`` so an engine may run them in another process than the agent's own code."""
@@ -282,6 +288,8 @@ class AgentSpec:
             raise ValueError(f"agent {self.agent_id!r}: mailbox_size must be an int >= 1, got {self.mailbox_size!r}")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError(f"agent {self.agent_id!r}: request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+        if not isinstance(self.managed_chats, bool):
+            raise ValueError(f"agent {self.agent_id!r}: managed_chats is True or False, got {self.managed_chats!r}")
 
     def map_handlers(self, wrap: HandlerWrap, methods: tuple[str, ...] | None = None) -> AgentSpec:
         """This spec, with every instance's handlers passed through ``wrap(method, handler)``, for
@@ -318,10 +326,11 @@ class AgentSpec:
         concurrency: int | None = None,
         mailbox_size: int | None = None,
         request_timeout_s: float | None = None,
+        managed_chats: bool | None = None,
     ) -> AgentSpec:
         """The spec of an ``Agent`` subclass, made with ``agent_class(*args, **kwargs)``;
-        ``policy``, ``concurrency``, ``mailbox_size`` and ``request_timeout_s`` default to the class's
-        attributes."""
+        ``policy``, ``concurrency``, ``mailbox_size``, ``request_timeout_s`` and ``managed_chats``
+        default to the class's attributes."""
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
             raise TypeError(f"expected an Agent subclass, got {agent_class!r}")
         resolved_id = agent_id or agent_class.agent_id
@@ -346,6 +355,7 @@ class AgentSpec:
             concurrency or agent_class.concurrency,
             mailbox_size or agent_class.mailbox_size,
             request_timeout_s or agent_class.request_timeout_s,
+            agent_class.managed_chats if managed_chats is None else managed_chats,
         )
 
     @classmethod
@@ -357,6 +367,7 @@ class AgentSpec:
         concurrency: int = 1,
         mailbox_size: int | None = None,
         request_timeout_s: float | None = None,
+        managed_chats: bool = True,
     ) -> AgentSpec:
         """The spec of an agent made of handler functions keyed by ARC method."""
         frozen = dict(handlers)
@@ -368,6 +379,7 @@ class AgentSpec:
             concurrency,
             mailbox_size,
             request_timeout_s,
+            managed_chats,
         )
 
 

@@ -1,8 +1,8 @@
 """Managed chats: the runtime owns a chat's id, status, timestamps and history, so an agent writes only
 what it says.
 
-For every agent that answers ``chat.start``, the handlers of ``chat.start``, ``chat.message`` and
-``chat.end`` are wrapped (``map_handlers``) so that, in the agent's
+For every agent that answers ``chat.start`` (unless it says ``managed_chats = False``), the handlers of
+``chat.start``, ``chat.message`` and ``chat.end`` are wrapped (``map_handlers``) so that, in the agent's
 own thread, around its code:
 
 * ``chat.start`` creates the chat: its id is ``params.chatId`` or a generated one (passed to the
@@ -101,9 +101,9 @@ class ChatBook:
         self._serving = store
 
     def manage(self, spec: AgentSpec) -> AgentSpec:
-        """``spec`` with managed chats when it answers ``chat.start`` (and then ``chat.end`` too);
-        other agents are left as they are."""
-        if "chat.start" not in spec.methods:
+        """``spec`` with managed chats when it answers ``chat.start`` (and then ``chat.end`` too), unless
+        it says ``managed_chats=False``; other agents are left as they are."""
+        if "chat.start" not in spec.methods or not spec.managed_chats:
             return spec
         return spec.map_handlers(self._wrap, tuple(dict.fromkeys((*spec.methods, "chat.end"))))
 

@@ -35,6 +35,7 @@ class AgentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mailbox_size: int | msgspec.UnsetType = UNSET
     request_timeout_s: float | msgspec.UnsetType = UNSET
     restart_policy: RestartPolicy | msgspec.UnsetType = UNSET
+    managed_chats: bool | msgspec.UnsetType = UNSET
 
 
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

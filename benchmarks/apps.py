@@ -51,6 +51,14 @@ class SyncEchoAgent(Agent):
         return CHAT_RESULT
 
 
+class OwnChatsEchoAgent(SyncEchoAgent):
+    """The ``def`` handler of an agent that keeps its own chats (``managed_chats = False``): the runtime
+    records nothing, so this is the gateway and the actor hop alone."""
+
+    agent_id = "own-chats-echo-agent"
+    managed_chats = False
+
+
 class CrashingAgent(Agent):
     """Crashes on every request; its policy restarts it every time, at once, so it never gives up.
     (``backoff_factor=1``: with 2, the 1,025th restart within the window overflows the backoff.)"""
@@ -98,10 +106,12 @@ class BurningAgent(Agent):
 
 
 def echo_agents() -> Server:
-    """The gateway-overhead server: the async echo agent and its sync twin (each measured alone)."""
+    """The gateway-overhead server: the async echo agent, its sync twin, and a sync one keeping its own
+    chats (each measured alone)."""
     server = Server(server_id="bench-server")
     server.add_agent(EchoAgent)
     server.add_agent(SyncEchoAgent)
+    server.add_agent(OwnChatsEchoAgent)
     return server
 
 

@@ -3,7 +3,9 @@
 Both answer the same chat.start with the same result on the same event loop kind; the bare server
 decodes, answers and encodes in its handler, arc_actors adds its router and one actor hop. Measured at
 c=1, c=64 and c=256: requests per second, p50, p99 and the ratios to the bare server. The arc_actors
-agent is measured twice, with an ``async def`` handler (as the seed writes them) and a plain ``def`` one.
+agent is measured three times: with an ``async def`` handler (as the seed writes them), with a plain
+``def`` one, both with the chat recorded by the runtime (managed chats, the default), and with a ``def``
+one of an agent keeping its own chats (``managed_chats = False``), which leaves the gateway and the hop.
 
 ``--profile`` then samples the arc_actors server with py-spy (``pip install py-spy``) under c=64 load and
 prints where the time goes.
@@ -25,7 +27,8 @@ CONCURRENCIES = (1, 64, 256)
 BARE = "bare aiohttp+msgspec"
 ASYNC = "arc_actors, async def handler"
 SYNC = "arc_actors, def handler"
-SIDES = (BARE, ASYNC, SYNC)
+OWN_CHATS = "arc_actors, def handler, managed_chats=False"
+SIDES = (BARE, ASYNC, SYNC, OWN_CHATS)
 TARGET_RPS_RATIO, TARGET_P99_RATIO = 0.85, 1.3
 PROFILE_RATE_HZ = 250
 PROFILE_TOP = 25
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             BARE: (bare, harness.chat_start("echo-agent")),
             ASYNC: (arc, harness.chat_start("echo-agent")),
             SYNC: (arc, harness.chat_start("sync-echo-agent")),
+            OWN_CHATS: (arc, harness.chat_start("own-chats-echo-agent")),
         }
         for server, body in targets.values():
             server.warm_up(body, opts)

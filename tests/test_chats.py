@@ -172,6 +172,61 @@ def test_a_full_result_naming_the_callers_chat_id_again_starts_it_afresh_but_nev
     assert (texts(chat), chat.status, chat.participants) == (["b"], "ACTIVE", ["test-client", "fixed"])
 
 
+class OwnBook(Agent):
+    """Keeps its own chats (as the seed's agents do) and says so: the runtime records nothing of them."""
+
+    agent_id = "own-book"
+    managed_chats = False
+
+    def chat_start(self, params, context):
+        return {"type": "chat", "chat": {"chatId": "own-1"}, "params": params, "hasChat": context.chat is not None}
+
+    def chat_message(self, params, context):
+        return {"type": "chat", "chat": {"chatId": params["chatId"], "status": "ACTIVE"}, "params": params}
+
+
+def test_an_agent_with_managed_chats_off_gets_chat_requests_as_they_came_and_nothing_is_recorded(serve):
+    server = Server(server_id="own", store=(store := MemoryStore()))
+    server.add_agent(OwnBook)
+    server.agent_handler("plain", "chat.start", managed_chats=False)(lambda params, context: "just text")
+    url = serve(server).url
+
+    started = run(post(url, envelope("own-book", "chat.start", {"initialMessage": said("hi")})))
+    unknown_chat = run(post(url, envelope("own-book", "chat.message", {"chatId": "nobody", "message": said("x")})))
+    end = run(post(url, envelope("own-book", "chat.end", {"chatId": "own-1"})))
+    text = run(post(url, envelope("plain", "chat.start", {"initialMessage": said("hi")})))
+    assert started["result"] == {
+        "type": "chat",
+        "chat": {"chatId": "own-1"},
+        "params": {"initialMessage": said("hi")},  # no chatId given to it
+        "hasChat": False,
+    }
+    assert unknown_chat["result"]["params"] == {"chatId": "nobody", "message": said("x")}  # no -43001
+    assert end["error"]["code"] == -32601  # no chat.end of its own, and none added
+    assert text["result"] == "just text"  # no reply-only answers: what the handler returns is the result
+    assert store.load("chat", '["own-book","own-1"]') is None
+
+
+def test_managed_chats_is_an_agent_option_in_code_and_in_config(tmp_path):
+    server = Server(server_id="options")
+    server.add_agent(Counter)
+    server.add_agent(OwnBook, agent_id="own-book-managed", managed_chats=True)
+    server.agent_handler("plain", "chat.start")(lambda params, context: "text")
+    config = tmp_path / "arc_actors.toml"
+    config.write_text("[agents.counter]\nmanaged_chats = false\n")
+    server.configure(load_settings(config, environ={}))
+    assert {spec.agent_id: spec.managed_chats for spec in server._specs()} == {
+        "plain": True,
+        "counter": False,
+        "own-book-managed": True,
+    }
+    with pytest.raises(ValueError, match="managed_chats is True or False"):
+        server.add_agent(OwnBook, agent_id="x", managed_chats="no")
+    config.write_text("[agents.counter]\nmanaged_chats = 'no'\n")
+    with pytest.raises(ConfigError, match="managed_chats"):
+        server.configure(load_settings(config, environ={}))
+
+
 def test_what_a_handler_does_to_context_chat_is_not_recorded(serve):
     def meddle(params, context):
         context.chat.messages[0]["parts"][0]["content"] = "MUTATED"
