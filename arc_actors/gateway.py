@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from time import perf_counter
 from typing import Any, Protocol
 
 import msgspec
@@ -50,10 +50,6 @@ STREAMED_METHODS = frozenset(("chat.start", "chat.message"))
 """The methods answered as SSE when their params say ``stream: true``."""
 DISCONNECT_POLL_S = 0.25
 """How often a silent stream checks whether its client is still there."""
-ARC_CALL = web.RequestKey("arc_call", ARCRequest)
-"""Where an ``/arc`` request carries its decoded envelope."""
-ARC_OUTCOME = web.ResponseKey("arc_outcome", Outcome)
-"""Where every ``/arc`` answer carries its outcome."""
 
 _REFERENCE_STATUSES = {
     ErrorCode.PARSE_ERROR: 400,
@@ -98,7 +94,24 @@ class ArcObserver(Protocol):
         ``elapsed_s`` seconds; ``call`` is its envelope, None when it could not be decoded."""
 
 
-ArcServe = Callable[[web.Request], Awaitable[web.StreamResponse]]
+class _Answer:
+    """What an ``/arc`` answer answered, for the observer: the decoded envelope (None when the request
+    could not be decoded) and the outcome. Plain attributes: aiohttp's mapping interface on requests and
+    responses costs a Python call per read and write."""
+
+    call: ARCRequest | None = None
+    outcome: Outcome | None = None
+
+
+class _ArcResponse(_Answer, web.Response):
+    """An ``/arc`` answer in one body."""
+
+
+class _ArcStream(_Answer, web.StreamResponse):
+    """An ``/arc`` answer as SSE."""
+
+
+ArcServe = Callable[[web.Request], Awaitable[_ArcResponse | _ArcStream]]
 
 
 class _EnvelopeIds(msgspec.Struct, rename="camel"):
@@ -145,19 +158,21 @@ class Gateway:
         observer = self._observer
         if observer is None:
             return await serve(http_request)
-        started = time.perf_counter()
+        started = perf_counter()
         observer.arrived()
         response = None
         try:
             response = await serve(http_request)
         finally:
-            outcome = None if response is None else response.get(ARC_OUTCOME)
-            observer.left(http_request.get(ARC_CALL), outcome, time.perf_counter() - started)
+            if response is None:
+                observer.left(None, None, perf_counter() - started)
+            else:
+                observer.left(response.call, response.outcome, perf_counter() - started)
         return response
 
-    async def _serve_arc(self, http_request: web.Request) -> web.StreamResponse:
+    async def _serve_arc(self, http_request: web.Request) -> _ArcResponse | _ArcStream:
         body = await self._read_body(http_request)
-        if isinstance(body, web.Response):
+        if type(body) is not bytes:
             return body
         try:
             request = decode_request(body, self._config.max_params_bytes)
@@ -175,7 +190,6 @@ class Gateway:
             return self._reject(b"", ErrorCode.PARSE_ERROR, f"Parse error: {exc}")
         except RecursionError:
             return self._reject(b"", ErrorCode.INVALID_REQUEST, "Invalid request: JSON nested too deeply")
-        http_request[ARC_CALL] = request
         identity = None
         if self._authenticator is not None:
             try:
@@ -184,7 +198,11 @@ class Gateway:
                 checked = AuthFailure(internal_error(exc, request.target_agent, request.trace_id, "authentication"))
             if isinstance(checked, AuthFailure):
                 return self._refuse(
-                    checked, request_id=request.id, target_agent=request.request_agent, trace_id=request.trace_id
+                    checked,
+                    call=request,
+                    request_id=request.id,
+                    target_agent=request.request_agent,
+                    trace_id=request.trace_id,
                 )
             identity = checked
         if request.arc != ARC_VERSION:
@@ -193,6 +211,7 @@ class Gateway:
                 ErrorCode.INVALID_ARC_VERSION,
                 f"Invalid ARC version: {request.arc!r}",
                 {"supportedVersion": ARC_VERSION},
+                call=request,
             )
         # Each level of nesting opens a bracket: a body with few of them needs no walk of its params.
         depth_limit = self._config.max_params_depth
@@ -202,6 +221,7 @@ class Gateway:
                 ErrorCode.INVALID_PARAMS,
                 f"Invalid params: nested deeper than {depth_limit} levels",
                 {"maxDepth": depth_limit},
+                call=request,
             )
         if request.method in STREAMED_METHODS and request.params.get("stream") is True:
             return await self._stream(http_request, request, identity)
@@ -212,15 +232,14 @@ class Gateway:
         responder = request.target_agent if self._router.has_agent(request.target_agent) else None
         return self._respond(
             outcome,
+            call=request,
             request_id=request.id,
             response_agent=responder or self._config.server_id,
             target_agent=request.request_agent,
             trace_id=request.trace_id,
         )
 
-    async def _stream(
-        self, http_request: web.Request, request: ARCRequest, identity: Identity | None
-    ) -> web.StreamResponse:
+    async def _stream(self, http_request: web.Request, request: ARCRequest, identity: Identity | None) -> _ArcStream:
         """Answer a ``stream: true`` chat request as SSE: a ``stream`` frame per delta as the agent makes
         it (or one of the whole reply, for a handler that does not stream), ``: keep-alive`` comments
         while it is silent, an ``error`` frame for an ARC error, and ``done`` last. A ``chat.start``
@@ -228,7 +247,8 @@ class Gateway:
         if request.method == "chat.start" and not isinstance(request.params.get("chatId"), str):
             request = msgspec.structs.replace(request, params={**request.params, "chatId": new_chat_id()})
         chat_id = request.params.get("chatId")
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = _ArcStream(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response.call = request
         await response.prepare(http_request)
         self.streams_open += 1
         try:
@@ -239,11 +259,11 @@ class Gateway:
     async def _write_stream(
         self,
         http_request: web.Request,
-        response: web.StreamResponse,
+        response: _ArcStream,
         request: ARCRequest,
         identity: Identity | None,
         chat_id: Any,
-    ) -> web.StreamResponse:
+    ) -> _ArcStream:
         sink = DeltaSink()
         answer = asyncio.ensure_future(_settled(lambda: self._router.dispatch(request, identity, stream=sink)))
         answer.add_done_callback(lambda _: sink.deltas.put_nowait(None))
@@ -256,7 +276,7 @@ class Gateway:
             return response
         except Exception as exc:  # noqa: BLE001 - the wire never sees a traceback
             outcome, streamed = internal_error(exc, request.target_agent, request.trace_id, "the gateway"), True
-        response[ARC_OUTCOME] = outcome
+        response.outcome = outcome
         failed = type(outcome) is ErrorObject
         frames = []
         if failed:
@@ -301,7 +321,7 @@ class Gateway:
         finally:
             getter.cancel()
 
-    async def _refuse_http_method(self, http_request: web.Request) -> web.Response:
+    async def _refuse_http_method(self, http_request: web.Request) -> _ArcResponse:
         outcome = error(ErrorCode.INVALID_REQUEST, f"Use POST for /arc, not {http_request.method}")
         response = self._respond(outcome, http_status=405)
         response.headers["Allow"] = "POST"
@@ -342,7 +362,7 @@ class Gateway:
             }
         )
 
-    async def _read_body(self, http_request: web.Request) -> bytes | web.Response:
+    async def _read_body(self, http_request: web.Request) -> bytes | _ArcResponse:
         """The body, or a 413 answer when it is over the limit; a large body is never read whole."""
         limit, length = self._config.max_body_bytes, http_request.content_length
         if length is None or length <= limit:
@@ -364,7 +384,7 @@ class Gateway:
         refusal, and not logged as one."""
         return "Authorization" in http_request.headers and isinstance(self._identify(http_request), Identity)
 
-    def _refuse(self, failure: AuthFailure, **envelope: Any) -> web.Response:
+    def _refuse(self, failure: AuthFailure, **envelope: Any) -> _ArcResponse:
         """The answer to a request its token does not allow; it names the server, never an agent."""
         response = self._respond(failure.error, http_status=failure.http_status, **envelope)
         if failure.www_authenticate is not None:
@@ -372,15 +392,22 @@ class Gateway:
         return response
 
     def _reject(
-        self, body: bytes, code: ErrorCode, message: str, details: dict[str, Any] | None = None
-    ) -> web.Response:
-        """An error answer to a request that did not make it to routing, echoing what it can."""
+        self,
+        body: bytes,
+        code: ErrorCode,
+        message: str,
+        details: dict[str, Any] | None = None,
+        call: ARCRequest | None = None,
+    ) -> _ArcResponse:
+        """An error answer to a request that did not make it to routing (``call``: decoded, but refused),
+        echoing what it can."""
         try:
             ids = _salvage_decoder.decode(body) if body else _EnvelopeIds()
         except (msgspec.DecodeError, RecursionError):
             ids = _EnvelopeIds()
         return self._respond(
             error(code, message, details),
+            call=call,
             request_id=ids.id if isinstance(ids.id, (str, int)) and not isinstance(ids.id, bool) else None,
             target_agent=ids.request_agent if isinstance(ids.request_agent, str) else "unknown",
             trace_id=ids.trace_id if isinstance(ids.trace_id, str) else msgspec.UNSET,
@@ -390,12 +417,13 @@ class Gateway:
         self,
         outcome: Outcome,
         *,
+        call: ARCRequest | None = None,
         request_id: str | int | None = None,
         response_agent: str | None = None,
         target_agent: str = "unknown",
         trace_id: str | msgspec.UnsetType | None = msgspec.UNSET,
         http_status: int | None = None,
-    ) -> web.Response:
+    ) -> _ArcResponse:
         failed = type(outcome) is ErrorObject
         envelope = ARCResponse(
             id=request_id,
@@ -407,10 +435,10 @@ class Gateway:
         )
         if http_status is None:
             http_status = self._http_status(outcome.code) if failed else 200
-        response = web.Response(body=encoder.encode(envelope), status=http_status, content_type=ARC_CONTENT_TYPE)
+        response = _ArcResponse(body=encoder.encode(envelope), status=http_status, content_type=ARC_CONTENT_TYPE)
         if http_status in (429, 503) and "retryAfter" in outcome.details:
             response.headers["Retry-After"] = str(outcome.details["retryAfter"])
-        response[ARC_OUTCOME] = outcome
+        response.call, response.outcome = call, outcome
         return response
 
     def _http_status(self, code: int) -> int:
