@@ -141,7 +141,7 @@ class ChatBook:
             created_at=now,
             updated_at=now,
             participants=[context.request_agent, agent_id],
-            metadata=_copied(params.get("metadata") or {}),
+            metadata=_copied(metadata) if (metadata := params.get("metadata")) else {},
             messages=[_copied(params["initialMessage"])],
         )
         result, reply, chat_id = yield {**params, "chatId": chat.chat_id}, chat

@@ -5,12 +5,12 @@ servers in one process (tests do this) keep separate counts. Label values come o
 own vocabulary (its agent ids and their methods, the ARC error codes, ``unknown`` and ``other``):
 nothing a caller sends becomes a label value, so no caller can grow the registry.
 
-Requests are tallied as the gateway reports them (``ArcObserver``; an aiohttp
-middleware cost some 18 µs more per request), in plain ints under one lock, one series object per
-(agent, method) found with one dict lookup: a fifth of the cost of prometheus-client's own Counter,
-Histogram and Gauge, which take a lock per value (measured 1.7 µs against 8.7 µs per request). The scrape copies the tallies under that lock and renders them off the
-event loop: rendering is slow (some 30 µs per line; 100 agents with 5 methods each make 11,000 lines)
-and must not stall requests.
+Requests are tallied as the gateway reports them (``ArcObserver``; an aiohttp middleware cost some
+18 µs more per request), in plain ints under one lock, one series object per (agent, method) found
+with one dict lookup: a fifth of the cost of prometheus-client's own Counter, Histogram and Gauge,
+which take a lock per value (measured 1.7 µs against 8.7 µs per request). The scrape copies the
+tallies under that lock and renders them off the event loop: rendering is slow (some 30 µs per line;
+100 agents with 5 methods each make 11,000 lines) and must not stall requests.
 Agent metrics are read at scrape time from the engine's statuses, which never wait on an actor; the
 open SSE streams and the webhook deliveries likewise, from the gateway's and the webhooks' own counts.
 """

@@ -9,12 +9,13 @@ never from the event loop, and may be called from several threads at once.
 from __future__ import annotations
 
 import contextlib
-import secrets
+import math
+import os
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -79,6 +80,7 @@ class MemoryStore:
     def __init__(self, max_records: int | None = None) -> None:
         self._kinds: dict[str, OrderedDict[str, bytes]] = {}
         self._bound = _Bound(max_records, "the memory store")
+        self._max_records = math.inf if max_records is None else max_records
         self._lock = threading.RLock()
 
     def transaction(self) -> AbstractContextManager[Any]:
@@ -92,11 +94,14 @@ class MemoryStore:
 
     def save(self, kind: str, key: str, value: bytes) -> None:
         with self._lock:
-            records = self._kinds.setdefault(kind, OrderedDict())
-            records[key] = bytes(value)
+            records = self._kinds.get(kind)
+            if records is None:
+                records = self._kinds[kind] = OrderedDict()
+            records[key] = value if type(value) is bytes else bytes(value)
             records.move_to_end(key)  # least recently written first
-            for _ in range(self._bound.excess(kind, len(records))):
-                records.popitem(last=False)
+            if len(records) > self._max_records:
+                for _ in range(self._bound.excess(kind, len(records))):
+                    records.popitem(last=False)
 
     def close(self) -> None:
         """Nothing to release: the records stay readable, as a test may want after a server stops."""
@@ -221,18 +226,19 @@ class ServingStore:
         self._store: Store | None = None
         self._owned = False
         self._lock = threading.RLock()  # for a store without transactions of its own
+        self._transaction: Callable[[], AbstractContextManager[Any]] | None = None
 
     def transaction(self) -> AbstractContextManager[Any]:
         """A block in which a read-modify-write of records is atomic: the store's own ``transaction()``,
         else a lock of this process."""
-        transaction = getattr(self.store, "transaction", None)
-        return self._lock if transaction is None else transaction()
+        return self._lock if self._transaction is None else self._transaction()
 
     def open(self) -> None:
         self._store, self._owned = open_store(self._source, self._max_records)
+        self._transaction = getattr(self._store, "transaction", None)
 
     def close(self) -> None:
-        store, self._store = self._store, None
+        store, self._store, self._transaction = self._store, None, None
         if store is not None and self._owned:
             store.close()
 
@@ -250,7 +256,7 @@ class ServingStore:
 
 def new_id(prefix: str) -> str:
     """A fresh record id, ``PREFIX-`` and 48 random bits in hex (``chat-``, ``task-``, ``sub-``, ...)."""
-    return f"{prefix}-{secrets.token_hex(6)}"
+    return f"{prefix}-{os.urandom(6).hex()}"
 
 
 def record_key(agent_id: str, record_id: str) -> str:
