@@ -12,6 +12,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
+from types import CoroutineType
 from typing import Any, Protocol
 
 import msgspec
@@ -95,7 +96,10 @@ def run_to_completion(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[Any]
     generators' clean-up work), and only a task still waiting then runs the loop. What a finished
     handler left to the loop (a timer, a callback) gets one turn of it, as under ``run_until_complete``.
     Python 3.12's eager tasks do this on a running loop, which an agent's is not between messages."""
-    task = asyncio.ensure_future(awaitable, loop=loop)
+    if type(awaitable) is CoroutineType and loop.get_task_factory() is None:
+        task = asyncio.Task(awaitable, loop=loop)  # what create_task makes, without its checks
+    else:
+        task = asyncio.ensure_future(awaitable, loop=loop)
     ready = getattr(loop, "_ready", None)  # asyncio's own loops keep their ready callbacks in this deque
     if ready and hasattr(loop, "_asyncgen_firstiter_hook") and not loop.is_running():
         if asyncio._get_running_loop() is None:

@@ -120,3 +120,18 @@ def test_timeouts_of_handlers_that_never_wait_do_not_pile_up_in_the_loop(loop):
     for _ in range(500):
         assert run_to_completion(loop, bounded()) == "quick"
     assert len(loop._scheduled) <= 1
+
+
+def test_a_task_factory_set_on_the_agents_loop_makes_the_next_handlers_task(loop):
+    class Marked(asyncio.Task):
+        pass
+
+    async def installs():
+        asyncio.get_running_loop().set_task_factory(lambda loop, coro, **kwargs: Marked(coro, loop=loop, **kwargs))
+
+    async def kind():
+        return type(asyncio.current_task()).__name__
+
+    assert run_to_completion(loop, kind()) == "Task"
+    run_to_completion(loop, installs())
+    assert run_to_completion(loop, kind()) == "Marked"
