@@ -47,51 +47,68 @@ def _default_message(code: int) -> str:
 
 REPEAT_WINDOW_S = 10.0
 """The same crash (agent, exception type, where, the lines of its traceback) logs its traceback once per
-this many seconds; its repeats log one line naming the errorId whose line has it."""
+this many seconds; its repeats are answered errorIds ``FIRST-N`` (the Nth repeat of the crash whose
+traceback is under errorId ``FIRST``) and log one line a second."""
+REPEAT_LINE_INTERVAL_S = 1.0
 _MAX_REMEMBERED = 1024
+
+
+class _Repeat:
+    __slots__ = ("first_id", "line_at", "repeats", "since")
+
+    def __init__(self, first_id: str, now: float) -> None:
+        self.first_id = first_id
+        self.since = now
+        self.line_at = now
+        self.repeats = 0
 
 
 class _Repeats:
     """The crashes whose traceback was logged lately. A crash storm (an agent failing on every request,
-    a chaos run) would otherwise format and write a traceback per request on the core the healthy agents
-    share; the first one says all the others would."""
+    a chaos run) would otherwise format and write a traceback, or a line, per request on the core the
+    healthy agents share: the first one says all the others would, and a repeat's errorId names it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._logged: dict[tuple[str, ...], tuple[str, float, int]] = {}
+        self._logged: dict[tuple[str, ...], _Repeat] = {}
 
-    def first_of(self, key: tuple[str, ...], error_id: str) -> tuple[str, int] | None:
-        """None when this crash is to log its traceback; else the errorId that logged it and how many
-        repeats since."""
+    def first_of(self, key: tuple[str, ...], error_id: str) -> tuple[str, int, bool] | None:
+        """None when this crash is to log its traceback under ``error_id``; else the errorId that logged
+        it, this repeat's number, and whether it is to log its line (the first in a second)."""
         now = time.monotonic()
         with self._lock:
             logged = self._logged.get(key)
-            if logged is None or now - logged[1] > REPEAT_WINDOW_S:
+            if logged is None or now - logged.since > REPEAT_WINDOW_S:
                 if len(self._logged) >= _MAX_REMEMBERED:
                     self._logged.clear()
-                self._logged[key] = (error_id, now, 0)
+                self._logged[key] = _Repeat(error_id, now)
                 return None
-            first_id, since, repeats = logged
-            self._logged[key] = (first_id, since, repeats + 1)
-            return first_id, repeats + 1
+            logged.repeats += 1
+            line_due = logged.repeats == 1 or now - logged.line_at >= REPEAT_LINE_INTERVAL_S
+            if line_due:
+                logged.line_at = now
+            return logged.first_id, logged.repeats, line_due
 
 
 _repeats = _Repeats()
 
 
 def internal_error(exc: BaseException, agent_id: str, trace_id: str | None, where: str) -> ErrorObject:
-    """Answer an unexpected exception: the log gets the traceback under a fresh ``errorId`` (a repeat
-    of the same crash within ``REPEAT_WINDOW_S`` names the errorId that has it), the wire gets the id
-    only."""
+    """Answer an unexpected exception: the log gets the traceback under a fresh ``errorId``, the wire
+    gets the id only. A repeat of the same crash within ``REPEAT_WINDOW_S`` is answered ``FIRST-N``
+    (``FIRST`` the errorId with the traceback) and logged one line a second, with its count."""
     error_id = uuid.uuid4().hex
-    log = logger.bind(agent_id=agent_id, trace_id=trace_id or "-")
     repeat = _repeats.first_of((agent_id, type(exc).__qualname__, where, *_raised_from(exc)), error_id)
     if repeat is None:
+        log = logger.bind(agent_id=agent_id, trace_id=trace_id or "-")
         log.opt(exception=exc).error("{} raised in {} (errorId {})", type(exc).__name__, where, error_id)
-    else:
-        first_id, repeats = repeat
-        log.error(
-            "{} raised in {} (errorId {}): {}; traceback under errorId {} (repeat {} within {:g} s)",
+        return _internal(error_id)
+    first_id, repeats, line_due = repeat
+    error_id = f"{first_id}-{repeats}"
+    if line_due:
+        logger.bind(agent_id=agent_id, trace_id=trace_id or "-").error(
+            "{} raised in {} (errorId {}): {}; traceback under errorId {} (repeat {} within {:g} s; "
+            "repeats log a line a second, each answered errorId {}-N)",
             type(exc).__name__,
             where,
             error_id,
@@ -99,7 +116,12 @@ def internal_error(exc: BaseException, agent_id: str, trace_id: str | None, wher
             first_id,
             repeats,
             REPEAT_WINDOW_S,
+            first_id,
         )
+    return _internal(error_id)
+
+
+def _internal(error_id: str) -> ErrorObject:
     return ErrorObject(code=ErrorCode.INTERNAL_ERROR, message="Internal error", details={"errorId": error_id})
 
 

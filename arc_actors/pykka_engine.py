@@ -238,7 +238,8 @@ class AgentActor(pykka.ThreadingActor):
     def _start_with_retries(self, delay_s: float) -> None:
         """Make a fresh agent instance after ``delay_s``; a failing start is a crash like any other."""
         while True:
-            time.sleep(delay_s)
+            if delay_s > 0:  # sleep(0) is still a system call and a hand-over of the GIL
+                time.sleep(delay_s)
             try:
                 self._start_agent()
                 return

@@ -190,9 +190,14 @@ class Storm(Agent):
         raise RuntimeError("again")
 
 
-def test_a_crash_storm_logs_one_traceback_and_its_repeats_name_the_error_id_that_has_it():
+@pytest.mark.parametrize("line_interval_s", [0.0, 3600.0])
+def test_a_crash_storm_logs_one_traceback_and_its_repeats_name_the_error_id_that_has_it(monkeypatch, line_interval_s):
     from loguru import logger
 
+    from arc_actors import exceptions
+
+    monkeypatch.setattr(exceptions, "REPEAT_LINE_INTERVAL_S", line_interval_s)
+    monkeypatch.setattr(exceptions, "_repeats", exceptions._Repeats())  # no crash remembered from other tests
     lines: list[str] = []
     sink = logger.add(lines.append, level="ERROR", format="{message}|{exception}")
     try:
@@ -207,11 +212,13 @@ def test_a_crash_storm_logs_one_traceback_and_its_repeats_name_the_error_id_that
             others = [crash({"other": True}), crash({"via": 1}), crash({"via": 2})]
     finally:
         logger.remove(sink)
+    assert ids[1:] == [f"{ids[0]}-1", f"{ids[0]}-2", f"{ids[0]}-3"]  # each repeat names the traceback's errorId
     crashes = [line for line in lines if "raised in crash.now" in line]
-    assert len(crashes) == 7
     with_traceback = [line for line in crashes if "Traceback" in line]
     assert len(with_traceback) == 4
     assert [error_id in line for error_id, line in zip([ids[0], *others], with_traceback, strict=True)] == [True] * 4
-    for repeat, error_id in enumerate(ids[1:], start=1):
-        [line] = [line for line in crashes if error_id in line]
-        assert f"again; traceback under errorId {ids[0]} (repeat {repeat} within 10 s)" in line
+    repeat_lines = [line for line in crashes if "Traceback" not in line]
+    logged_repeats = 3 if line_interval_s == 0 else 1  # a storm logs a line a second, not a line a crash
+    assert len(repeat_lines) == logged_repeats
+    for repeat, line in enumerate(repeat_lines, start=1):
+        assert f"(errorId {ids[0]}-{repeat}): again; traceback under errorId {ids[0]} (repeat {repeat} within" in line
