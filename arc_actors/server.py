@@ -41,7 +41,7 @@ from arc_actors.router import Router
 from arc_actors.store import DEFAULT_MAX_RECORDS, ServingStore, Store
 from arc_actors.streaming import DEFAULT_KEEPALIVE_S
 from arc_actors.supervisor import RestartPolicy, Supervisor, hang_after_from_env
-from arc_actors.tasks import TaskBook
+from arc_actors.tasks import TaskBook, live_task
 from arc_actors.webhooks import WebhookConfig, Webhooks, accept_notifications
 
 H = TypeVar("H", bound=Handler)
@@ -369,7 +369,7 @@ class Server:
             raise ValueError(f"server {self.server_id!r} has no agents: declare one before serving")
         if admin_port is not None:
             self.faults.enable()
-        store = ServingStore(self.store, self.state_max_records or None)
+        store = ServingStore(self.store, self.state_max_records or None, keep=live_task)
         webhooks = Webhooks(self.webhooks, store)
         chats, tasks = ChatBook(store), TaskBook(store, webhooks)
         engine_name = self._engine_name()

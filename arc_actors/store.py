@@ -73,14 +73,22 @@ class _Bound:
         return count - self.max_records
 
 
+Keep = Callable[[str, bytes], bool]
+"""``keep(kind, value)``: whether a record is still in use (a task still running), so that a store's bound
+never forgets it, however long ago it was written."""
+
+
 class MemoryStore:
     """A ``Store`` in memory: for tests, and the default when no state path is configured (everything is
-    lost when the process ends). ``max_records`` bounds each kind (None: no bound)."""
+    lost when the process ends). ``max_records`` bounds each kind (None: no bound), forgetting the least
+    recently written records that ``keep`` does not keep."""
 
-    def __init__(self, max_records: int | None = None) -> None:
+    def __init__(self, max_records: int | None = None, keep: Keep | None = None) -> None:
         self._kinds: dict[str, OrderedDict[str, bytes]] = {}
         self._bound = _Bound(max_records, "the memory store")
         self._max_records = math.inf if max_records is None else max_records
+        self._keep = keep
+        self._kept: dict[str, set[str]] = {}
         self._lock = threading.RLock()
 
     def transaction(self) -> AbstractContextManager[Any]:
@@ -99,9 +107,26 @@ class MemoryStore:
                 records = self._kinds[kind] = OrderedDict()
             records[key] = value if type(value) is bytes else bytes(value)
             records.move_to_end(key)  # least recently written first
+            if self._keep is not None:
+                kept = self._kept.setdefault(kind, set())
+                if self._keep(kind, records[key]):
+                    kept.add(key)
+                else:
+                    kept.discard(key)
             if len(records) > self._max_records:
-                for _ in range(self._bound.excess(kind, len(records))):
-                    records.popitem(last=False)
+                self._forget_oldest(kind, records)
+
+    def _forget_oldest(self, kind: str, records: OrderedDict[str, bytes]) -> None:
+        """Forget the least recently written records over the bound, passing over (to the back) kept ones."""
+        kept = self._kept.get(kind, set())
+        excess = min(self._bound.excess(kind, len(records)), len(records) - len(kept))
+        while excess > 0:
+            key = next(iter(records))
+            if key in kept:
+                records.move_to_end(key)
+            else:
+                del records[key]
+                excess -= 1
 
     def close(self) -> None:
         """Nothing to release: the records stay readable, as a test may want after a server stops."""
@@ -115,11 +140,13 @@ class SQLiteStore:
     on one machine may share the file (a local file system: WAL needs shared memory): ``transaction()``
     is SQLite's ``BEGIN IMMEDIATE``, so one process's read-modify-write of a chat or task never interleaves
     with another's. ``max_records`` bounds each kind (None: no bound): every write is numbered per kind,
-    and the least recently written records over the bound are deleted, checked every tenth of the bound's
-    writes (at most every 1,000), so a kind may exceed it by that much between checks."""
+    and the least recently written records over the bound are deleted (not those ``keep`` keeps), checked
+    every tenth of the bound's writes (at most every 1,000), so a kind may exceed it by that much between
+    checks."""
 
-    def __init__(self, path: str | Path, max_records: int | None = None) -> None:
+    def __init__(self, path: str | Path, max_records: int | None = None, keep: Keep | None = None) -> None:
         self.path = Path(path)
+        self._keep = keep
         self._bound = _Bound(max_records, f"the state file {str(self.path)!r}")
         self._check_every = 1 if max_records is None else max(1, min(1000, max_records // 10))
         self._writes_since_check: dict[str, int] = {}
@@ -136,9 +163,11 @@ class SQLiteStore:
                 "(kind TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (kind, key))"
             )
             columns = {row[1] for row in self._connection.execute("PRAGMA table_info(records)")}
-            if "written" not in columns:  # a file from before records were numbered: all equally old
-                with contextlib.suppress(sqlite3.OperationalError):  # another process added it just now
-                    self._connection.execute("ALTER TABLE records ADD COLUMN written INTEGER NOT NULL DEFAULT 0")
+            # Columns a file from before them lacks: every record equally old, none kept past the bound.
+            for column in ("written", "kept"):
+                if column not in columns:
+                    with contextlib.suppress(sqlite3.OperationalError):  # another process added it just now
+                        self._connection.execute(f"ALTER TABLE records ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
             self._connection.execute("CREATE INDEX IF NOT EXISTS records_by_age ON records (kind, written)")
 
     @contextmanager
@@ -170,12 +199,15 @@ class SQLiteStore:
         return None if row is None else bytes(row[0])
 
     def save(self, kind: str, key: str, value: bytes) -> None:
+        value = bytes(value)
+        kept = self._keep is not None and self._keep(kind, value)
         with self._lock:
             self._connection.execute(  # numbered in the statement: right whichever process writes next
-                "INSERT INTO records (kind, key, value, written) VALUES "
-                "(?, ?, ?, (SELECT COALESCE(MAX(written), 0) + 1 FROM records WHERE kind = ?)) "
-                "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, written = excluded.written",
-                (kind, key, bytes(value), kind),
+                "INSERT INTO records (kind, key, value, written, kept) VALUES "
+                "(?, ?, ?, (SELECT COALESCE(MAX(written), 0) + 1 FROM records WHERE kind = ?), ?) "
+                "ON CONFLICT (kind, key) DO UPDATE SET "
+                "value = excluded.value, written = excluded.written, kept = excluded.kept",
+                (kind, key, value, kind, int(kept)),
             )
             if self._bound.max_records is not None:
                 self._keep_bound(kind)
@@ -191,7 +223,7 @@ class SQLiteStore:
         if excess:
             self._connection.execute(
                 "DELETE FROM records WHERE rowid IN "
-                "(SELECT rowid FROM records WHERE kind = ? ORDER BY written LIMIT ?)",
+                "(SELECT rowid FROM records WHERE kind = ? AND kept = 0 ORDER BY written LIMIT ?)",
                 (kind, excess),
             )
 
@@ -203,14 +235,16 @@ class SQLiteStore:
         return f"SQLiteStore({str(self.path)!r})"
 
 
-def open_store(source: Store | str | Path | None, max_records: int | None = None) -> tuple[Store, bool]:
+def open_store(
+    source: Store | str | Path | None, max_records: int | None = None, keep: Keep | None = None
+) -> tuple[Store, bool]:
     """The store ``source`` names (a Store as it is, a path as an ``SQLiteStore``, None as a fresh
-    ``MemoryStore``; the two made here keep at most ``max_records`` of each kind) and whether the caller
-    opened it, and so must close it."""
+    ``MemoryStore``; the two made here keep at most ``max_records`` of each kind, besides those ``keep``
+    keeps) and whether the caller opened it, and so must close it."""
     if source is None:
-        return MemoryStore(max_records), True
+        return MemoryStore(max_records, keep), True
     if isinstance(source, str | Path):
-        return SQLiteStore(source, max_records), True
+        return SQLiteStore(source, max_records, keep), True
     if isinstance(source, Store):
         return source, False
     raise TypeError(f"a store is a path or a Store (load, save, close), got {source!r}")
@@ -220,9 +254,12 @@ class ServingStore:
     """The one store of a serving server, shared by its managed chats and tasks: opened when serving
     starts and closed when it stops (only if it opened it), both off the event loop."""
 
-    def __init__(self, source: Store | str | Path | None, max_records: int | None = DEFAULT_MAX_RECORDS) -> None:
+    def __init__(
+        self, source: Store | str | Path | None, max_records: int | None = DEFAULT_MAX_RECORDS, keep: Keep | None = None
+    ) -> None:
         self._source = source
         self._max_records = max_records
+        self._keep = keep
         self._store: Store | None = None
         self._owned = False
         self._lock = threading.RLock()  # for a store without transactions of its own
@@ -234,7 +271,7 @@ class ServingStore:
         return self._lock if self._transaction is None else self._transaction()
 
     def open(self) -> None:
-        self._store, self._owned = open_store(self._source, self._max_records)
+        self._store, self._owned = open_store(self._source, self._max_records, self._keep)
         self._transaction = getattr(self._store, "transaction", None)
 
     def close(self) -> None:

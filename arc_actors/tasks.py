@@ -74,6 +74,22 @@ _STATUS_EVENTS = {
 }
 
 
+class _Status(msgspec.Struct):
+    """What ``live_task`` reads of a stored task."""
+
+    status: str = ""
+
+
+_status_decoder = msgspec.json.Decoder(_Status)
+
+
+def live_task(kind: str, value: bytes) -> bool:
+    """Whether a stored record is a task not yet ended (not COMPLETED, FAILED or CANCELED): the store's
+    bound never forgets it, so a long run's reports and result still find their task however many
+    records were written since it started."""
+    return kind == TASK_KIND and _status_decoder.decode(value).status not in (COMPLETED, FAILED, CANCELED)
+
+
 class Task(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     """One managed task, as it is stored and (through ``result``) answered."""
 

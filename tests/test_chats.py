@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import msgspec
 import pytest
@@ -444,6 +445,26 @@ def test_a_bounded_store_forgets_the_least_recently_written_records_of_a_kind(tm
         store = SQLiteStore(path, max_records=3)
         store.save("chat", "e", b"e")
         assert [store.load("chat", key) for key in "acde"] == [b"a again", None, b"d", b"e"]
+    store.close()
+
+
+@pytest.mark.parametrize("kind_of_store", ["memory", "sqlite"])
+def test_a_bounded_store_never_forgets_a_record_it_is_told_to_keep(tmp_path, kind_of_store):
+    def running(kind: str, value: bytes) -> bool:
+        return value.startswith(b"running")
+
+    path = tmp_path / "kept.db"
+    make = MemoryStore if kind_of_store == "memory" else partial(SQLiteStore, path)
+    store = make(max_records=2, keep=running)
+    store.save("task", "long", b"running")
+    for key in "abcd":
+        store.save("task", key, b"done")
+    kept = [store.load("task", key) for key in ("long", "a", "b", "c", "d")]
+    assert kept == [b"running", None, None, None, b"done"]  # the kept one still counts towards the bound
+    store.save("task", "long", b"done at last")  # ended: from now on as forgettable as any
+    store.save("task", "e", b"done")
+    store.save("task", "f", b"done")
+    assert [store.load("task", key) for key in ("long", "e", "f")] == [None, b"done", b"done"]
     store.close()
 
 

@@ -317,3 +317,27 @@ def test_a_task_running_longer_than_the_request_timeout_is_failed_with_task_time
     assert failed["status"] == "FAILED"
     assert failed["error"]["code"] == -42005
     assert seen == ["async cancelled"]
+
+
+@pytest.mark.pykka_only("the state bound is the gateway's store: the same code on either engine")
+def test_a_task_still_running_is_never_forgotten_by_the_state_bound_however_much_is_written_after_it(serve):
+    server = Server(server_id="tasks", state_max_records=2)
+    server.add_agent(Reporter)
+    server.add_agent(Failing)
+    url = serve(server).url
+
+    async def life() -> tuple[list[str], dict]:
+        async with Client(url, request_agent="me") as client:
+            long_id = (await client.task.create("reporter", said("long"))).result["task"]["taskId"]
+            await until(client, "reporter", long_id, "WORKING")
+            ended = []
+            for _ in range(6):  # each read while it is among the two most recently written
+                task_id = (await client.task.create("failing", said("ok"))).result["task"]["taskId"]
+                ended.append((await until(client, "failing", task_id, "COMPLETED"))["status"])
+            await client.task.send("reporter", long_id, said("go"))  # -42001 if the long task were forgotten
+            return ended, await until(client, "reporter", long_id, "COMPLETED")
+
+    ended, long_task = run(life())
+    assert ended == ["COMPLETED"] * 6
+    assert long_task["status"] == "COMPLETED"
+    assert texts(long_task)[-1] == "done: long"
