@@ -274,12 +274,12 @@ class AgentSpec:
     concurrency: int = 1
     mailbox_size: int | None = None
     request_timeout_s: float | None = None
-    managed_chats: bool = True
-    """Whether the runtime keeps this agent's chats (``arc_actors.chats``); False hands ``chat.*`` requests
-    to its handlers as they came."""
     layers: tuple[Layer, ...] = ()
     """The runtime's wraps around every instance (``map_handlers``), innermost first, kept apart from
     ``factory`` so an engine may run them in another process than the agent's own code."""
+    managed_chats: bool = True
+    """Whether the runtime keeps this agent's chats (``arc_actors.chats``); False hands ``chat.*`` requests
+    to its handlers as they came."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
@@ -355,7 +355,7 @@ class AgentSpec:
             concurrency or agent_class.concurrency,
             mailbox_size or agent_class.mailbox_size,
             request_timeout_s or agent_class.request_timeout_s,
-            agent_class.managed_chats if managed_chats is None else managed_chats,
+            managed_chats=agent_class.managed_chats if managed_chats is None else managed_chats,
         )
 
     @classmethod
@@ -379,7 +379,7 @@ class AgentSpec:
             concurrency,
             mailbox_size,
             request_timeout_s,
-            managed_chats,
+            managed_chats=managed_chats,
         )
 
 

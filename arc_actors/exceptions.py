@@ -54,13 +54,14 @@ _MAX_REMEMBERED = 1024
 
 
 class _Repeat:
-    __slots__ = ("first_id", "line_at", "repeats", "since")
+    __slots__ = ("first_id", "line_at", "repeats", "since", "unlogged")
 
     def __init__(self, first_id: str, now: float) -> None:
         self.first_id = first_id
         self.since = now
         self.line_at = now
         self.repeats = 0
+        self.unlogged = 0
 
 
 class _Repeats:
@@ -72,9 +73,10 @@ class _Repeats:
         self._lock = threading.Lock()
         self._logged: dict[tuple[str, ...], _Repeat] = {}
 
-    def first_of(self, key: tuple[str, ...], error_id: str) -> tuple[str, int, bool] | None:
+    def first_of(self, key: tuple[str, ...], error_id: str) -> tuple[str, int, int | None] | None:
         """None when this crash is to log its traceback under ``error_id``; else the errorId that logged
-        it, this repeat's number, and whether it is to log its line (the first in a second)."""
+        it, this repeat's number, and, when it is to log its error line (the first in a second), how many
+        repeats since the last such line did not (None: this one does not)."""
         now = time.monotonic()
         with self._lock:
             logged = self._logged.get(key)
@@ -84,10 +86,11 @@ class _Repeats:
                 self._logged[key] = _Repeat(error_id, now)
                 return None
             logged.repeats += 1
-            line_due = logged.repeats == 1 or now - logged.line_at >= REPEAT_LINE_INTERVAL_S
-            if line_due:
-                logged.line_at = now
-            return logged.first_id, logged.repeats, line_due
+            if logged.repeats > 1 and now - logged.line_at < REPEAT_LINE_INTERVAL_S:
+                logged.unlogged += 1
+                return logged.first_id, logged.repeats, None
+            unlogged, logged.unlogged, logged.line_at = logged.unlogged, 0, now
+            return logged.first_id, logged.repeats, unlogged
 
 
 _repeats = _Repeats()
@@ -96,28 +99,33 @@ _repeats = _Repeats()
 def internal_error(exc: BaseException, agent_id: str, trace_id: str | None, where: str) -> ErrorObject:
     """Answer an unexpected exception: the log gets the traceback under a fresh ``errorId``, the wire
     gets the id only. A repeat of the same crash within ``REPEAT_WINDOW_S`` is answered ``FIRST-N``
-    (``FIRST`` the errorId with the traceback) and logged one line a second, with its count."""
+    (``FIRST`` the errorId with the traceback) and logs one error line a second, counting the repeats in
+    between, which log at DEBUG level (errorId, message and trace id, as the error line)."""
     error_id = uuid.uuid4().hex
     repeat = _repeats.first_of((agent_id, type(exc).__qualname__, where, *_raised_from(exc)), error_id)
     if repeat is None:
         log = logger.bind(agent_id=agent_id, trace_id=trace_id or "-")
         log.opt(exception=exc).error("{} raised in {} (errorId {})", type(exc).__name__, where, error_id)
         return _internal(error_id)
-    first_id, repeats, line_due = repeat
+    first_id, repeats, unlogged = repeat
     error_id = f"{first_id}-{repeats}"
-    if line_due:
-        logger.bind(agent_id=agent_id, trace_id=trace_id or "-").error(
-            "{} raised in {} (errorId {}): {}; traceback under errorId {} (repeat {} within {:g} s; "
-            "repeats log a line a second, each answered errorId {}-N)",
-            type(exc).__name__,
-            where,
-            error_id,
-            exc,
-            first_id,
-            repeats,
-            REPEAT_WINDOW_S,
-            first_id,
-        )
+    log = logger.bind(agent_id=agent_id, trace_id=trace_id or "-")
+    if unlogged is None:
+        log.debug("{} raised in {} (errorId {}): {}", type(exc).__name__, where, error_id, exc)
+        return _internal(error_id)
+    log.error(
+        "{} raised in {} (errorId {}): {}; traceback under errorId {} (repeat {} within {:g} s; {} more "
+        "since the last line, each answered errorId {}-N, logged at DEBUG)",
+        type(exc).__name__,
+        where,
+        error_id,
+        exc,
+        first_id,
+        repeats,
+        REPEAT_WINDOW_S,
+        unlogged,
+        first_id,
+    )
     return _internal(error_id)
 
 

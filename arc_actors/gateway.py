@@ -243,8 +243,10 @@ class Gateway:
         """Answer a ``stream: true`` chat request as SSE: a ``stream`` frame per delta as the agent makes
         it (or one of the whole reply, for a handler that does not stream), ``: keep-alive`` comments
         while it is silent, an ``error`` frame for an ARC error, and ``done`` last. A ``chat.start``
-        without a ``chatId`` gets one here, so that every frame can name it."""
-        if request.method == "chat.start" and not isinstance(request.params.get("chatId"), str):
+        without a ``chatId`` gets one here, so that every frame can name it, unless its agent keeps its own
+        chats: its frames, all written after its answer, name the chat its result names."""
+        managed = self._router.manages_chats(request.target_agent)
+        if managed and request.method == "chat.start" and not isinstance(request.params.get("chatId"), str):
             request = msgspec.structs.replace(request, params={**request.params, "chatId": new_chat_id()})
         chat_id = request.params.get("chatId")
         response = _ArcStream(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -278,12 +280,15 @@ class Gateway:
             outcome, streamed = internal_error(exc, request.target_agent, request.trace_id, "the gateway"), True
         response.outcome = outcome
         failed = type(outcome) is ErrorObject
+        reply = None if failed else _reply_chat(outcome)
+        if chat_id is None and reply is not None:
+            chat_id = reply.get("chatId")
         frames = []
         if failed:
             frames.append(
                 _frame("error", {"chatId": chat_id, "error": {"code": outcome.code, "message": outcome.message}})
             )
-        elif not streamed and (message := _reply_message(outcome)) is not None:
+        elif not streamed and reply is not None and isinstance(message := reply.get("message"), dict):
             frames.append(_frame("stream", {"chatId": chat_id, "message": message}))
         done = {"chatId": chat_id, "status": "ERROR" if failed else "ACTIVE", "done": True, "requestId": request.id}
         frames.append(_frame("done", done))
@@ -466,12 +471,12 @@ def _frame(event: str, data: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + encoder.encode(data) + b"\n\n"
 
 
-def _reply_message(outcome: Outcome) -> dict[str, Any] | None:
-    """The ``chat.message`` of a chat result, the whole reply of a handler that did not stream."""
+def _reply_chat(outcome: Outcome) -> dict[str, Any] | None:
+    """The ``chat`` of a chat result (its id and message), from the whole reply of a handler that did
+    not stream; None when the result is no such thing."""
     result = msgspec.json.decode(outcome)
     chat = result.get("chat") if isinstance(result, dict) else None
-    message = chat.get("message") if isinstance(chat, dict) else None
-    return message if isinstance(message, dict) else None
+    return chat if isinstance(chat, dict) else None
 
 
 def _json(payload: dict[str, Any]) -> web.Response:

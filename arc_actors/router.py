@@ -31,6 +31,7 @@ class Router:
         self._engine = engine
         self._specs = list(specs)
         self._methods: dict[str, frozenset[str]] = {spec.agent_id: frozenset(spec.methods) for spec in self._specs}
+        self._own_chats = {spec.agent_id for spec in self._specs if not spec.managed_chats}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -45,6 +46,10 @@ class Router:
 
     def has_agent(self, agent_id: str) -> bool:
         return agent_id in self._methods
+
+    def manages_chats(self, agent_id: str) -> bool:
+        """Whether the runtime keeps ``agent_id``'s chats (it has not said ``managed_chats=False``)."""
+        return agent_id not in self._own_chats
 
     def methods_of(self, agent_id: str) -> list[str]:
         return sorted(self._methods[agent_id])

@@ -268,6 +268,8 @@ class ServingStore:
     def transaction(self) -> AbstractContextManager[Any]:
         """A block in which a read-modify-write of records is atomic: the store's own ``transaction()``,
         else a lock of this process."""
+        if self._store is None:
+            raise _not_open()
         return self._lock if self._transaction is None else self._transaction()
 
     def open(self) -> None:
@@ -287,8 +289,12 @@ class ServingStore:
     def store(self) -> Store:
         """The open store; raises when the server is not serving (records live only while it does)."""
         if self._store is None:
-            raise RuntimeError("the store is not open: chats and tasks are kept only while the server serves")
+            raise _not_open()
         return self._store
+
+
+def _not_open() -> RuntimeError:
+    return RuntimeError("the store is not open: chats and tasks are kept only while the server serves")
 
 
 def new_id(prefix: str) -> str:

@@ -18,7 +18,7 @@ from conftest import arc_post, envelope, post, run, serving_process
 from arc_actors import Agent, ARCError, Client, Server
 from arc_actors.chats import Chat
 from arc_actors.config import ConfigError, load_settings
-from arc_actors.store import MemoryStore, SQLiteStore, utc_now
+from arc_actors.store import MemoryStore, ServingStore, SQLiteStore, utc_now
 
 
 def said(text: str) -> dict:
@@ -466,6 +466,40 @@ def test_a_bounded_store_never_forgets_a_record_it_is_told_to_keep(tmp_path, kin
     store.save("task", "f", b"done")
     assert [store.load("task", key) for key in ("long", "e", "f")] == [None, b"done", b"done"]
     store.close()
+
+
+def test_a_serving_store_transaction_needs_the_store_open_and_locks_a_store_without_its_own():
+    class Plain:  # a Store of one's own: load, save, close, and no transaction()
+        def __init__(self) -> None:
+            self.records: dict = {}
+
+        def load(self, kind, key):
+            return self.records.get((kind, key))
+
+        def save(self, kind, key, value):
+            self.records[kind, key] = value
+
+        def close(self):
+            pass
+
+    serving = ServingStore(Plain())
+    with pytest.raises(RuntimeError, match="not open"):
+        serving.transaction()
+    serving.open()
+    taken_meanwhile: list[bool] = []
+
+    def take() -> None:
+        lock = serving.transaction()
+        taken_meanwhile.append(lock.acquire(blocking=False))
+
+    with serving.transaction():  # the process lock: no other thread's block runs meanwhile
+        thread = threading.Thread(target=take)
+        thread.start()
+        thread.join()
+    assert taken_meanwhile == [False]
+    serving.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        serving.transaction()
 
 
 def test_a_sqlite_transaction_keeps_all_or_nothing_and_a_nested_one_joins_it(tmp_path):

@@ -262,3 +262,25 @@ def test_the_reference_client_reads_our_stream(streamer_url):
 def test_a_keep_alive_interval_that_is_not_positive_is_refused_when_the_server_is_made():
     with pytest.raises(ValueError, match="stream_keepalive_s must be > 0, got 0"):
         Server(stream_keepalive_s=0)
+
+
+class OwnChats(Agent):
+    """Keeps its own chats: names its chat itself and answers the full result."""
+
+    agent_id = "streamer"
+    managed_chats = False
+
+    def chat_start(self, params, context):
+        message = {"role": "agent", "parts": [{"type": "TextPart", "content": f"given {params.get('chatId')}"}]}
+        return {"type": "chat", "chat": {"chatId": "own-7", "status": "ACTIVE", "message": message}}
+
+
+@pytest.mark.pykka_only(GATEWAY_ONLY)
+def test_a_streamed_chat_start_of_an_agent_keeping_its_own_chats_names_the_chat_its_result_names(serve):
+    server = Server(server_id="own")
+    server.add_agent(OwnChats)
+    url = serve(server).url
+
+    status, _, body = run(stream_raw(url, "chat.start", {"initialMessage": said("hi")}))
+    assert status == 200
+    assert body == delta("own-7", "given None") + done("own-7")  # no chatId made up for it, none given to it
