@@ -14,6 +14,7 @@ from typing import Any
 
 from loguru import logger
 
+from arc_actors.logs import LineRate
 from arc_actors.protocol import ErrorCode, ErrorObject, as_details
 
 
@@ -53,17 +54,6 @@ REPEAT_LINE_INTERVAL_S = 1.0
 _MAX_REMEMBERED = 1024
 
 
-class _Repeat:
-    __slots__ = ("first_id", "line_at", "repeats", "since", "unlogged")
-
-    def __init__(self, first_id: str, now: float) -> None:
-        self.first_id = first_id
-        self.since = now
-        self.line_at = now
-        self.repeats = 0
-        self.unlogged = 0
-
-
 class _Repeats:
     """The crashes whose traceback was logged lately. A crash storm (an agent failing on every request,
     a chaos run) would otherwise format and write a traceback, or a line, per request on the core the
@@ -71,7 +61,8 @@ class _Repeats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._logged: dict[tuple[str, ...], _Repeat] = {}
+        self._logged: dict[tuple[str, ...], tuple[str, float, int]] = {}
+        self._lines = LineRate(REPEAT_LINE_INTERVAL_S)
 
     def first_of(self, key: tuple[str, ...], error_id: str) -> tuple[str, int, int | None] | None:
         """None when this crash is to log its traceback under ``error_id``; else the errorId that logged
@@ -80,17 +71,15 @@ class _Repeats:
         now = time.monotonic()
         with self._lock:
             logged = self._logged.get(key)
-            if logged is None or now - logged.since > REPEAT_WINDOW_S:
+            if logged is None or now - logged[1] > REPEAT_WINDOW_S:
                 if len(self._logged) >= _MAX_REMEMBERED:
                     self._logged.clear()
-                self._logged[key] = _Repeat(error_id, now)
+                    self._lines.forget()
+                self._logged[key] = (error_id, now, 0)
                 return None
-            logged.repeats += 1
-            if logged.repeats > 1 and now - logged.line_at < REPEAT_LINE_INTERVAL_S:
-                logged.unlogged += 1
-                return logged.first_id, logged.repeats, None
-            unlogged, logged.unlogged, logged.line_at = logged.unlogged, 0, now
-            return logged.first_id, logged.repeats, unlogged
+            first_id, since, repeats = logged
+            self._logged[key] = (first_id, since, repeats + 1)
+        return first_id, repeats + 1, self._lines.fold(key, now)
 
 
 _repeats = _Repeats()

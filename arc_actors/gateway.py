@@ -280,7 +280,7 @@ class Gateway:
             outcome, streamed = internal_error(exc, request.target_agent, request.trace_id, "the gateway"), True
         response.outcome = outcome
         failed = type(outcome) is ErrorObject
-        reply = None if failed else _reply_chat(outcome)
+        reply = None if failed or (streamed and chat_id is not None) else _reply_chat(outcome)
         if chat_id is None and reply is not None:
             chat_id = reply.get("chatId")
         frames = []

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import msgspec
 from loguru import logger
 
+from arc_actors.logs import LineRate
+
 HANG_AFTER_ENV = "ARC_HANG_AFTER_S"
 DEFAULT_HANG_AFTER_S = 120.0
 """A handler running longer than this is abandoned, unless a policy or ARC_HANG_AFTER_S says otherwise.
@@ -100,25 +102,6 @@ and ``/metrics`` count every one). An agent crashing 700 times a second wrote 70
 slowed its healthy neighbours."""
 
 
-class _LineRate:
-    """At most one log line per key and interval, the next one telling how many were left out."""
-
-    def __init__(self, interval_s: float) -> None:
-        self._interval_s = interval_s
-        self._last: dict[str, tuple[float, int]] = {}
-        self._lock = threading.Lock()
-
-    def fold(self, key: str, now: float) -> int | None:
-        """None: leave this line out; else log it, with this many left out since the last one."""
-        with self._lock:
-            logged_at, left_out = self._last.get(key, (-self._interval_s, 0))
-            if now - logged_at < self._interval_s:
-                self._last[key] = (logged_at, left_out + 1)
-                return None
-            self._last[key] = (now, 0)
-            return left_out
-
-
 class Supervisor:
     """Owns every restart decision. Thread-safe: agents' threads and the event loop both report failures."""
 
@@ -133,7 +116,7 @@ class Supervisor:
         self._default_hang_after_s = default_hang_after_s
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
-        self._restart_lines = _LineRate(RESTART_LINE_INTERVAL_S)
+        self._restart_lines = LineRate(RESTART_LINE_INTERVAL_S)
 
     def policy(self, agent_id: str) -> RestartPolicy:
         return self._policies.get(agent_id, self._default_policy)

@@ -61,6 +61,8 @@ INPUT_REQUIRED = "INPUT_REQUIRED"
 COMPLETED = "COMPLETED"
 FAILED = "FAILED"
 CANCELED = "CANCELED"
+ENDED = frozenset((COMPLETED, FAILED, CANCELED))
+"""The statuses a task never leaves."""
 PRIORITIES = ("LOW", "NORMAL", "HIGH", "URGENT")
 TASK_KIND = "task"
 """The store ``kind`` of task records."""
@@ -87,7 +89,7 @@ def live_task(kind: str, value: bytes) -> bool:
     """Whether a stored record is a task not yet ended (not COMPLETED, FAILED or CANCELED): the store's
     bound never forgets it, so a long run's reports and result still find their task however many
     records were written since it started."""
-    return kind == TASK_KIND and _status_decoder.decode(value).status not in (COMPLETED, FAILED, CANCELED)
+    return kind == TASK_KIND and _status_decoder.decode(value).status not in ENDED
 
 
 class Task(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
@@ -232,7 +234,7 @@ class TaskBook:
         ended task as it is."""
         with self._serving.transaction():
             task = self.load(agent_id, task_id)
-            if live_only and task.status not in (SUBMITTED, WORKING, INPUT_REQUIRED):
+            if live_only and task.status in ENDED:
                 return task
             before = (task.status, len(task.messages), len(task.artifacts))
             change(task)
@@ -273,7 +275,7 @@ class TaskBook:
 
         def append(task: Task) -> None:
             nonlocal resume
-            if task.status in (COMPLETED, FAILED, CANCELED):
+            if task.status in ENDED:
                 raise _ended(task, "take a message")
             task.messages.append(params["message"])
             if task.status == INPUT_REQUIRED and agent_id in self._resumable:
@@ -284,7 +286,7 @@ class TaskBook:
 
     def cancel(self, agent_id: str, params: dict[str, Any]) -> Task:
         def to_canceled(task: Task) -> None:
-            if task.status in (COMPLETED, FAILED, CANCELED):
+            if task.status in ENDED:
                 raise _ended(task, "be canceled")
             task.status, task.canceled_at, task.reason = CANCELED, utc_now(), params.get("reason")
 
