@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import msgspec
@@ -28,7 +29,8 @@ from arc_actors.supervisor import RestartPolicy
 if TYPE_CHECKING:
     from arc_actors.auth import Identity
     from arc_actors.chats import Chat
-    from arc_actors.streaming import DeltaSink
+    from arc_actors.faults import Struck
+    from arc_actors.streaming import StreamSink
     from arc_actors.tasks import TaskHandle
 
 _METHOD_BY_ATTRIBUTE = {method.replace(".", "_"): method for method in ARC_METHODS}
@@ -72,7 +74,8 @@ class Context:
     ``TaskHandle`` of the task a managed ``task_create``/``task_send`` runs
     (progress, messages, artifacts, cancellation), else None. ``stream`` is the
     ``DeltaSink`` of a request answered as SSE (``params.stream: true``),
-    else None; the runtime uses it, a handler streams by being an async generator.
+    else None; the runtime uses it, a handler streams by being an async generator. ``faults`` are the
+    faults fault injection drew for this request, struck before the handler runs (empty when none).
     """
 
     __slots__ = (
@@ -81,6 +84,7 @@ class Context:
         "_chat_copy",
         "auth",
         "call_chain",
+        "faults",
         "method",
         "request_agent",
         "request_id",
@@ -102,7 +106,7 @@ class Context:
         auth: Identity | None = None,
         call_chain: tuple[str, ...] = (),
         caller: AgentCaller | None = None,
-        stream: DeltaSink | None = None,
+        stream: StreamSink | None = None,
     ) -> None:
         self.request_id = request_id
         self.method = method
@@ -116,6 +120,27 @@ class Context:
         self._chat: Chat | None = None
         self._chat_copy: Callable[[], Chat] | None = None
         self.task: TaskHandle | None = None
+        self.faults: tuple[Struck, ...] = ()
+
+    def rebound(
+        self, caller: AgentCaller | None, stream: StreamSink | None = None, task: TaskHandle | None = None
+    ) -> Context:
+        """A copy of this request's data (chat and drawn faults included) with other objects behind
+        ``call``, ``stream`` and ``task``: what an engine ships to the process that runs the handler (none
+        of them), and what it gives the handler there (its stand-ins for the gateway's)."""
+        copy = Context(
+            self.request_id,
+            self.method,
+            self.request_agent,
+            self.target_agent,
+            self.trace_id,
+            self.auth,
+            self.call_chain,
+            caller,
+            stream,
+        )
+        copy.chat, copy.task, copy.faults = self.chat, task, self.faults
+        return copy
 
     @property
     def chat(self) -> Chat | None:
@@ -255,11 +280,14 @@ class _MappedAgent(Agent):
 @dataclass(frozen=True)
 class Layer:
     """One runtime wrap of an agent's handlers: ``wrap`` turns the agent answering ``methods_before``
-    into one answering ``methods``."""
+    into one answering ``methods``. ``beside_agent``: it must run in the agent's own thread, beside its
+    code (a fault's hang blocks that thread); any other layer may run where the gateway is, with its
+    store, as the Ray engine runs it."""
 
     wrap: HandlerWrap
     methods_before: tuple[str, ...]
     methods: tuple[str, ...]
+    beside_agent: bool = False
 
 
 @dataclass(frozen=True)
@@ -291,12 +319,27 @@ class AgentSpec:
         if not isinstance(self.managed_chats, bool):
             raise ValueError(f"agent {self.agent_id!r}: managed_chats is True or False, got {self.managed_chats!r}")
 
-    def map_handlers(self, wrap: HandlerWrap, methods: tuple[str, ...] | None = None) -> AgentSpec:
+    def map_handlers(
+        self, wrap: HandlerWrap, methods: tuple[str, ...] | None = None, *, beside_agent: bool = False
+    ) -> AgentSpec:
         """This spec, with every instance's handlers passed through ``wrap(method, handler)``, for
         behaviour the runtime adds around an agent's own code (managed chats) without the engine or
         the agent knowing. ``methods`` (default: the spec's) is what the mapped agent answers; ``wrap``
         gets None for a method in it that the original agent lacks. ``on_start``/``on_stop`` are the
-        original instance's."""
+        original instance's.
+
+        A layer ``beside_agent`` goes right around the agent's own handlers, inside every layer that may
+        run elsewhere, so every engine runs the layers in the same order; it answers the agent's own
+        methods, no others."""
+        if beside_agent:
+            if methods is not None:
+                raise ValueError("a layer beside the agent answers the agent's own methods: pass no methods")
+            inner = 0
+            while inner < len(self.layers) and self.layers[inner].beside_agent:
+                inner += 1
+            own = self.own_methods
+            layers = (*self.layers[:inner], Layer(wrap, own, own, beside_agent=True), *self.layers[inner:])
+            return replace(self, layers=layers)
         methods = self.methods if methods is None else tuple(methods)
         return replace(self, methods=methods, layers=(*self.layers, Layer(wrap, self.methods, methods)))
 
@@ -307,13 +350,18 @@ class AgentSpec:
 
     def make(self) -> Agent:
         """A fresh instance: the factory's, inside the runtime's wraps."""
-        return self.dress(self.factory())
+        return _dressed(self.factory, self.layers)
 
-    def dress(self, agent: Agent) -> Agent:
-        """``agent`` inside the runtime's wraps, innermost first."""
-        for layer in self.layers:
-            agent = _MappedAgent(agent, layer.wrap, layer.methods)
-        return agent
+    def beside_agent(self) -> Callable[[], Agent]:
+        """A factory of fresh instances inside the layers that run beside the agent's code only, for an
+        engine that runs the others elsewhere (:meth:`dress_remote`). It holds nothing else of the spec,
+        so it can be pickled wherever the agent's own code can."""
+        return partial(_dressed, self.factory, tuple(layer for layer in self.layers if layer.beside_agent))
+
+    def dress_remote(self, proxy: Agent) -> Agent:
+        """``proxy``, an engine's stand-in for an instance made by :meth:`beside_agent` elsewhere, inside
+        the other layers."""
+        return _dressed(lambda: proxy, tuple(layer for layer in self.layers if not layer.beside_agent))
 
     @classmethod
     def of_class(
@@ -381,6 +429,14 @@ class AgentSpec:
             request_timeout_s,
             managed_chats=managed_chats,
         )
+
+
+def _dressed(factory: Callable[[], Agent], layers: tuple[Layer, ...]) -> Agent:
+    """A fresh instance of ``factory`` inside ``layers``, innermost first."""
+    agent = factory()
+    for layer in layers:
+        agent = _MappedAgent(agent, layer.wrap, layer.methods)
+    return agent
 
 
 def _check_agent_id(agent_id: Any) -> str:

@@ -36,7 +36,7 @@ from arc_actors.agent import PLAIN_RESULTS, AgentSpec, Context, Handler
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ErrorCode
 from arc_actors.store import ServingStore, Store, new_id, record_key, utc_now
-from arc_actors.streaming import collect
+from arc_actors.streaming import streamed
 
 ACTIVE = "ACTIVE"
 CLOSED = "CLOSED"
@@ -218,8 +218,7 @@ def _drive(lifecycle: _Lifecycle, handler: Handler | None, context: Context) -> 
     if type(answer) in PLAIN_RESULTS:
         return _finish(lifecycle, chat, answer)
     if inspect.isasyncgen(answer):
-        deltas = collect(answer) if context.stream is None else context.stream.relay(answer)
-        return _finish_later(lifecycle, chat, deltas)
+        return _finish_later(lifecycle, chat, streamed(answer, context.stream))
     if inspect.isawaitable(answer):
         return _finish_later(lifecycle, chat, answer)
     return _finish(lifecycle, chat, answer)

@@ -7,19 +7,15 @@ be replaced by a distributed one without touching them.
 from __future__ import annotations
 
 import asyncio
-import sys
-import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from types import CoroutineType
 from typing import Any, Protocol
 
 import msgspec
 
-from arc_actors.agent import AgentSpec, Context, Handler
-from arc_actors.exceptions import ARCError, internal_error
-from arc_actors.protocol import ErrorCode, ErrorObject, Outcome, encoder, error
+from arc_actors.agent import AgentSpec, Context
+from arc_actors.protocol import ErrorCode, ErrorObject, Outcome, error
 
 RETRY_AFTER_S = 1
 """What a refused request is told to wait before trying again (``details.retryAfter``)."""
@@ -85,63 +81,24 @@ class Engine(Protocol):
         restart its agent as the supervisor decides."""
 
 
-def run_to_completion(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[Any]) -> Any:
-    """Run ``awaitable`` to its end on ``loop``, an agent thread's own loop, which is not running.
-
-    Most handlers finish without waiting on anything, and ``run_until_complete`` costs some 30 µs of
-    event-loop bookkeeping each time, more than the rest of a request in an agent. So the loop's oldest
-    ready callback (the new task's first step, when the loop was idle) is run at once, with the loop
-    marked running as ``run_forever`` marks it (running loop, thread, async-generator hooks), as the loop
-    itself would run it first: the task steps as a task (``current_task()``, ``asyncio.timeout()``, async
-    generators' clean-up work), and only a task still waiting then runs the loop. What a finished
-    handler left to the loop (a timer, a callback) gets one turn of it, as under ``run_until_complete``.
-    Python 3.12's eager tasks do this on a running loop, which an agent's is not between messages."""
-    if type(awaitable) is CoroutineType and loop.get_task_factory() is None:
-        task = asyncio.Task(awaitable, loop=loop)  # what create_task makes, without its checks
-    else:
-        task = asyncio.ensure_future(awaitable, loop=loop)
-    ready = getattr(loop, "_ready", None)  # asyncio's own loops keep their ready callbacks in this deque
-    if ready and hasattr(loop, "_asyncgen_firstiter_hook") and not loop.is_running():
-        if asyncio._get_running_loop() is None:
-            _run_first_callback(loop, ready.popleft())
-        if task.done():
-            if ready or getattr(loop, "_scheduled", None):
-                loop.call_soon(loop.stop)
-                loop.run_forever()
-            return task.result()
-    return loop.run_until_complete(task)
-
-
-def _run_first_callback(loop: Any, first: asyncio.Handle) -> None:
-    if first.cancelled():
+def answer_in_time(future: asyncio.Future[Outcome], timeout_s: float | None, expire: Callable[[], Outcome]) -> None:
+    """Answer ``future`` with ``expire()`` once ``timeout_s`` has passed, unless it is answered before: a
+    request's timeout, queue included (``expire`` also withdraws the request where it waits)."""
+    if timeout_s is None or future.done():
         return
-    hooks = sys.get_asyncgen_hooks()
-    sys.set_asyncgen_hooks(firstiter=loop._asyncgen_firstiter_hook, finalizer=loop._asyncgen_finalizer_hook)
-    loop._thread_id = threading.get_ident()  # is_running(), as within run_forever
-    asyncio._set_running_loop(loop)
-    try:
-        first._run()
-    finally:
-        asyncio._set_running_loop(None)
-        loop._thread_id = None
-        sys.set_asyncgen_hooks(*hooks)
+    timer = future.get_loop().call_later(timeout_s, _expire, future, expire)
+    future.add_done_callback(lambda _: timer.cancel())
 
 
-# What every engine does with one request and one failure, whatever runs the agent.
+def _expire(future: asyncio.Future[Outcome], expire: Callable[[], Outcome]) -> None:
+    if not future.done():
+        future.set_result(expire())
 
 
-def serve_request(
-    handler: Handler, params: dict[str, Any], context: Context, complete: Callable[[Any], Any]
-) -> tuple[Outcome, BaseException | None]:
-    """Run ``handler`` (``complete`` runs what it returns to its end, awaiting an awaitable) and encode its
-    result. Returns the outcome and, when the handler crashed (anything but an ``ARCError``), the crash."""
-    try:
-        result = complete(handler(params, context))
-        return msgspec.Raw(encoder.encode(result)), None
-    except ARCError as exc:
-        return exc.to_error_object(), None
-    except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt stay in this agent
-        return internal_error(exc, context.target_agent, context.trace_id, context.method), exc
+def resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    """Answer ``future`` unless it is answered already (on its loop)."""
+    if not future.done():
+        future.set_result(outcome)
 
 
 def crash_record(kind: str, message: str) -> dict[str, str]:

@@ -327,12 +327,14 @@ class FaultInjector:
         """Disarm every fault; the injected counts are kept."""
         self.arm(FaultPlan(seed=self._plan.seed))
 
-    def wire(self, specs: Iterable[AgentSpec], *, around_handlers: bool = True) -> list[AgentSpec]:
-        """The specs of a new app: with injection on, their instances wrapped so that every handler meets
-        the armed faults first (the plan is checked against these agents, the counts start afresh);
-        with it off, the specs unchanged. ``around_handlers=False`` leaves them unchanged in any case,
-        for an engine that draws (``draw``) and strikes (``strike``) the faults itself, where the agent's
-        code runs."""
+    def wire(self, specs: Iterable[AgentSpec]) -> list[AgentSpec]:
+        """The specs of a new app: with injection on, their instances wrapped so that every request meets
+        the armed faults (the plan is checked against these agents, the counts start afresh); with it
+        off, the specs unchanged. Wire them before the runtime's other layers: a fault meets the request
+        where the agent's own handler runs (one the runtime answers itself, such as a message to an unknown
+        chat, meets none). Two layers: the faults are drawn where the plan and its counts are (the
+        gateway's process) into ``context.faults``, and struck right around the handler, in the agent's
+        thread, so a fault behaves as the agent's own crash, hang or error would, on either engine."""
         specs = list(specs)
         if not self._enabled:
             self._served_without = True
@@ -341,16 +343,17 @@ class FaultInjector:
         with self._lock:
             self._rngs = {}
             self._injected = {spec.agent_id: Counter() for spec in specs}
-        if not around_handlers:
-            return specs
-        return [spec.map_handlers(partial(self._around, spec.agent_id)) for spec in specs]
+        return [
+            spec.map_handlers(partial(self._drawn, spec.agent_id)).map_handlers(_struck, beside_agent=True)
+            for spec in specs
+        ]
 
-    def _around(self, agent_id: str, method: str, handler: Handler) -> Handler:
-        """``handler`` with the faults armed for ``agent_id``'s ``method`` (read at each call) in front."""
+    def _drawn(self, agent_id: str, method: str, handler: Handler) -> Handler:
+        """``handler`` with the faults armed for ``agent_id``'s ``method`` (read at each call) drawn first."""
 
         def with_faults(params: dict[str, Any], context: Context) -> Any:
             if self._plan.faults_for(agent_id, method):
-                strike(self.draw(agent_id, method), agent_id, method, context.trace_id)
+                context.faults = tuple(self.draw(agent_id, method))
             return handler(params, context)
 
         return with_faults
@@ -392,6 +395,18 @@ def strike(struck: Sequence[Struck], agent_id: str, method: str, trace_id: str |
         else:
             log.info("injected error {} into {}", fault.code, method)
             raise ARCError(fault.code, f"Injected error {fault.code}", {"agentId": agent_id, "injected": True})
+
+
+def _struck(method: str, handler: Handler) -> Handler:
+    """``handler`` with the faults drawn for its request struck first (a module function: it travels with
+    the agent's code to another process)."""
+
+    def with_faults(params: dict[str, Any], context: Context) -> Any:
+        if context.faults:
+            strike(context.faults, context.target_agent, method, context.trace_id)
+        return handler(params, context)
+
+    return with_faults
 
 
 def _parse_spec(spec: str, agents: dict[str, tuple[str, ...]] | None) -> tuple[Target, list[Fault]]:

@@ -3,12 +3,9 @@
 Two halves, one per process:
 
 * :class:`~arc_actors.ray_host.AgentHost` (module :mod:`arc_actors.ray_host`) runs inside the Ray
-  actor. It is an asyncio actor that owns the agent's mailbox
-  (callers wait for one of ``concurrency`` slots, first come first served, at most ``mailbox_size``
-  waiting) and its supervision: each slot is one agent instance with its own thread, so a blocking or
-  hung handler never stalls the actor, and a crash or hang is decided by a
-  :class:`~arc_actors.supervisor.Supervisor` with the agent's own :class:`RestartPolicy`, in the
-  process where it happened, before the next queued message is taken (as in the in-process engine).
+  actor the agent's :class:`~arc_actors.cell.AgentCell`, the same cell the in-process engine runs:
+  mailbox, instances, watchdog, and supervision with the agent's own :class:`RestartPolicy`, decided in
+  the process where the failure happened.
 * :class:`RayEngine` runs in the gateway. It sends requests to the hosts, keeps the latest status each
   reports for ``/health`` (never waiting on an actor to answer it), and supervises the processes
   themselves: a host whose process dies (``ray.kill``, ``os._exit``, a lost node) is made anew, after
@@ -16,9 +13,10 @@ Two halves, one per process:
   -41002 at once. Ray's own actor restarts are off (``max_restarts=0``): the one policy users configure
   is ours.
 
-The runtime's wraps (managed chats and tasks) run here, in the gateway, around a proxy of the agent,
-so they use the gateway's store; only the agent's own code is shipped to Ray (by cloudpickle, so
-classes and closures defined in ``__main__`` or in an APP file travel by value).
+The runtime's layers run here, in the gateway, around a proxy of the agent, so they use the gateway's
+store (managed chats and tasks) and its fault plan; only the agent's own code and the layers that must
+run beside it (faults struck in its thread) are shipped to Ray (by cloudpickle, so classes and closures
+defined in ``__main__`` or in an APP file travel by value).
 
 **One channel per request.** What a handler needs of its gateway while it runs travels as events on
 that request's own channel: a streamed reply's :class:`Delta` s, and :class:`Ask` s for ``context.call``
@@ -26,9 +24,7 @@ that request's own channel: a streamed reply's :class:`Delta` s, and :class:`Ask
 ones) and for ``context.task`` reports (done on the gateway's real ``TaskHandle``, with its store),
 answered by ``AgentHost.answer``. ``AgentHost.call`` answers the :class:`Reply` itself when the handler
 made no event, one round trip as for any actor call; otherwise it answers None and the gateway reads
-the events, then the reply, from the streaming generator ``AgentHost.follow``. Faults are drawn by the
-gateway's ``FaultInjector`` (its plan, seed and counts, set by the admin API) and struck in the agent's
-thread, so a crash is the host's crash, a hang trips the host's watchdog.
+the events, then the reply, from the streaming generator ``AgentHost.follow``.
 
 Actors are named ``agent_id`` in the namespace ``arc_actors-<server_id>`` (or ``ray_namespace``) and
 found with ``get_if_exists``, so every gateway of one app reaches the same actors.
@@ -42,7 +38,8 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
 import msgspec
 from loguru import logger
@@ -52,19 +49,16 @@ from arc_actors.engine import (
     AgentState,
     AgentStatus,
     EngineUnavailable,
+    answer_in_time,
     crash_record,
-    mailbox_full,
     not_available,
+    resolve,
     timed_out,
 )
 from arc_actors.exceptions import ARCError, internal_error
 from arc_actors.protocol import ErrorObject, Outcome
 from arc_actors.ray_host import TASK_OPERATIONS, AgentHost, Ask, Delta, Errand, HostStatus, Reply
 from arc_actors.supervisor import Supervisor
-
-if TYPE_CHECKING:
-    from arc_actors.faults import FaultInjector
-
 
 RAY_MISSING = "the ray engine needs Ray: pip install 'arc-actors[ray]'"
 CONTROL_CALLS = 8
@@ -117,12 +111,14 @@ class _Cell:
         self.in_flight: set[asyncio.Future[Outcome]] = set()
         self.polled_at = 0.0
         self.handlers: dict[str, Handler] = {}
+        self.layered = any(not layer.beside_agent for layer in spec.layers)
+        """Whether layers run here around the proxy (they may answer some requests themselves: chat.end)."""
 
     def observe(self, report: HostStatus) -> None:
         if self.report is None or report.seq > self.report.seq:
             self.report = report
-            if report.last_crash is not None:
-                self.last_crash = report.last_crash
+            if report.agent.last_crash is not None:
+                self.last_crash = report.agent.last_crash
 
     @property
     def state(self) -> AgentState:
@@ -132,7 +128,7 @@ class _Cell:
             return AgentState.STOPPED
         if not self.ready.is_set():
             return AgentState.STARTING if self.generation == 0 else AgentState.RESTARTING
-        return self.report.state if self.report is not None else AgentState.STARTING
+        return self.report.agent.state if self.report is not None else AgentState.STARTING
 
 
 class _Proxy(Agent):
@@ -177,7 +173,6 @@ class RayEngine:
         *,
         address: str | None,
         namespace: str,
-        faults: FaultInjector | None = None,
     ) -> None:
         self._ray = import_ray()
         if not self._ray.is_initialized():
@@ -193,7 +188,6 @@ class RayEngine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._host_class = self._ray.remote(max_restarts=0)(AgentHost)
-        self._faults = faults
         self._id = uuid.uuid4().hex
         """This gateway, to the hosts: who they wait for and check on."""
 
@@ -207,7 +201,7 @@ class RayEngine:
             spec.mailbox_size or self._default_mailbox_size,
             spec.request_timeout_s or self._default_request_timeout_s,
         )
-        cell.handlers = spec.dress(_Proxy(self, cell)).handlers()
+        cell.handlers = spec.dress_remote(_Proxy(self, cell)).handlers()
         self._loop = asyncio.get_running_loop()
         self._cells[spec.agent_id] = cell
         self._connect(cell)
@@ -225,10 +219,7 @@ class RayEngine:
         answering = self._background(self._answer(cell, method, params, context, future))
         future.add_done_callback(lambda done: done.cancelled() and answering.cancel())
         if cell.request_timeout_s is not None:
-            timer = loop.call_later(
-                cell.request_timeout_s, _resolve, future, timed_out(agent_id, cell.request_timeout_s)
-            )
-            future.add_done_callback(lambda _: timer.cancel())
+            answer_in_time(future, cell.request_timeout_s, partial(timed_out, agent_id, cell.request_timeout_s))
         return future
 
     def restart(self, agent_id: str) -> None:
@@ -267,14 +258,14 @@ class RayEngine:
 
     def status(self, agent_id: str) -> AgentStatus:
         cell = self._cells[agent_id]
-        report = cell.report
+        report = None if cell.report is None else cell.report.agent
         return AgentStatus(
             state=cell.state,
             restarts=cell.restarts_before + (report.restarts if report else 0),
             escalations=cell.escalations_before + (report.escalations if report else 0),
             mailbox=report.mailbox if report else 0,
             busy=report.busy if report else 0,
-            uptime_s=round(report.up_s, 3) if report else 0.0,
+            uptime_s=report.uptime_s if report else 0.0,
             last_crash=cell.last_crash,
         )
 
@@ -306,7 +297,7 @@ class RayEngine:
             left = list(cell.in_flight)
             for future in left:
                 why = "stopped before serving this request: the server shut down"
-                _resolve(future, not_available(agent_id, why, cell.last_crash))
+                resolve(future, not_available(agent_id, why, cell.last_crash))
             if left:
                 unserved[agent_id] = len(left)
         return unserved
@@ -318,7 +309,7 @@ class RayEngine:
         owned = {agent_id: cell for agent_id, cell in self._cells.items() if cell.owned and cell.host is not None}
         for cell in self._cells.values():
             cell.stopping = True
-        stopping = {agent_id: cell.host.shutdown.remote() for agent_id, cell in owned.items()}
+        stopping = {agent_id: cell.host.shutdown.remote(timeout_s) for agent_id, cell in owned.items()}
         done = []
         if stopping:
             done, _ = self._ray.wait(list(stopping.values()), num_returns=len(stopping), timeout=timeout_s)
@@ -334,20 +325,20 @@ class RayEngine:
     # -- the gateway's half of supervision --
 
     def _refusal(self, cell: _Cell) -> ErrorObject | None:
+        """What the gateway refuses itself: an agent it gave up on, or its own stopping; the mailbox's
+        bound is the agent's cell's, in its host."""
         agent_id = cell.spec.agent_id
         if cell.state is AgentState.FAILED:
             return not_available(agent_id, "has failed and awaits a restart", cell.last_crash)
         if cell.stopping:
             return not_available(agent_id, "is stopping: the server is shutting down", cell.last_crash)
-        if len(cell.in_flight) >= cell.mailbox_size + cell.spec.concurrency:
-            return mailbox_full(agent_id, cell.mailbox_size)
         return None
 
     async def _answer(
         self, cell: _Cell, method: str, params: dict[str, Any], context: Context, future: asyncio.Future[Outcome]
     ) -> None:
         try:
-            if cell.spec.layers:  # the runtime's wraps answer some requests themselves, at once (chat.end)
+            if cell.layered:
                 answer = cell.handlers[method](params, context)
                 result = await answer if inspect.isawaitable(answer) else answer
                 outcome: Outcome = msgspec.Raw(msgspec.json.encode(result))
@@ -359,7 +350,7 @@ class RayEngine:
             outcome = exc.to_error_object()
         except Exception as exc:  # noqa: BLE001 - a failure in the runtime's wraps answers -32603, never a hang
             outcome = internal_error(exc, cell.spec.agent_id, context.trace_id, method)
-        _resolve(future, outcome)
+        resolve(future, outcome)
 
     async def _request(self, cell: _Cell, method: str, params: dict[str, Any], context: Context) -> bytes:
         """One request to the agent's host: its encoded result, or :class:`_Answered` with its error (or,
@@ -370,14 +361,9 @@ class RayEngine:
             raise _Answered(not_available(cell.spec.agent_id, "has failed and awaits a restart", cell.last_crash))
         generation = cell.generation
         key = uuid.uuid4().hex
-        errand = Errand(
-            self._id,
-            context.stream is not None,
-            None if context.task is None else context.task.task_id,
-            [] if self._faults is None else self._faults.draw(cell.spec.agent_id, method),
-        )
+        errand = Errand(self._id, context.stream is not None, None if context.task is None else context.task.task_id)
         try:
-            reply: Reply | None = await cell.host.call.remote(key, method, params, _shipped(context), errand)
+            reply: Reply | None = await cell.host.call.remote(key, method, params, context.rebound(None), errand)
             if reply is None:
                 reply = await self._follow(cell, key, context)
         except self._ray.exceptions.RayActorError as exc:
@@ -415,7 +401,7 @@ class RayEngine:
         error: BaseException | None = None
         try:
             if ask.op == "call":
-                value = await asyncio.wrap_future(context._caller.call_from(context, *ask.args))
+                value = msgspec.Raw(msgspec.json.encode(await context.call(*ask.args)))
             elif ask.op == "task" and context.task is not None and ask.args[0] in TASK_OPERATIONS:
                 operation = getattr(context.task, ask.args[0])
                 value = await asyncio.get_running_loop().run_in_executor(None, operation, *ask.args[1:])
@@ -449,8 +435,8 @@ class RayEngine:
         if report is not None:  # else it died before reporting: the window here is the latest
             self._supervisor.remember(agent_id, report.failure_ages)
         decision = self._supervisor.on_failure(agent_id, f"worker process died: {message}")
-        cell.restarts_before += report.restarts if report else 0
-        cell.escalations_before += report.escalations if report else 0
+        cell.restarts_before += report.agent.restarts if report else 0
+        cell.escalations_before += report.agent.escalations if report else 0
         cell.report = None
         if not decision.restart:
             cell.failed = True
@@ -485,7 +471,7 @@ class RayEngine:
             from ray import cloudpickle
 
             try:
-                factory = cloudpickle.dumps(spec.factory)
+                factory = cloudpickle.dumps(spec.beside_agent())
             except Exception as exc:  # noqa: BLE001 - cloudpickle raises whatever the unpicklable object does
                 raise ValueError(
                     f"agent {spec.agent_id!r} cannot be sent to a Ray actor: its class, handlers or arguments "
@@ -531,25 +517,3 @@ class RayEngine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-def _shipped(context: Context) -> Context:
-    """What of a request's context travels to the host: its data, not the gateway's objects (the
-    router behind ``context.call``, the SSE sink, the task handle), which the host stands in for with
-    the request's channel (see :class:`Errand`)."""
-    shipped = Context(
-        context.request_id,
-        context.method,
-        context.request_agent,
-        context.target_agent,
-        context.trace_id,
-        context.auth,
-        context.call_chain,
-    )
-    shipped.chat = context.chat
-    return shipped
-
-
-def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
-    if not future.done():
-        future.set_result(outcome)

@@ -1,19 +1,16 @@
 """The agent's side of the Ray engine: :class:`AgentHost`, the asyncio Ray actor that runs one agent in its
 own worker process, and the messages it exchanges with a gateway.
 
-The host owns the agent's mailbox (callers wait for one of ``concurrency`` slots, first come first
-served, at most ``mailbox_size`` waiting) and its supervision: each slot is one agent instance with its
-own thread, so a blocking or hung handler never stalls the actor, and a crash or hang is decided by a
-:class:`~arc_actors.supervisor.Supervisor` with the agent's own :class:`RestartPolicy`, in the process
-where it happened, before the next queued message is taken (as in the in-process engine).
+The host runs the agent's :class:`~arc_actors.cell.AgentCell`, the same cell the in-process engine runs:
+mailbox, instances, watchdog and supervision (with the agent's own :class:`RestartPolicy`, decided in
+the process where the failure happened). What is the host's own is the way to its gateways.
 
 **One channel per request.** What a handler needs of its gateway while it runs travels as events on
 that request's own channel: a streamed reply's :class:`Delta` s, and :class:`Ask` s for ``context.call``
 and for ``context.task`` reports, answered by ``AgentHost.answer``. ``AgentHost.call`` answers the
 :class:`Reply` itself when the handler made no event, one round trip as for any actor call; otherwise it
 answers None and the gateway reads the events, then the reply, from the streaming generator
-``AgentHost.follow``. Faults drawn by the gateway strike in the agent's thread (:class:`Errand`).
-The gateway's half is :mod:`arc_actors.ray_engine`.
+``AgentHost.follow``. The gateway's half is :mod:`arc_actors.ray_engine`.
 """
 
 from __future__ import annotations
@@ -26,26 +23,19 @@ import itertools
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import msgspec
 from loguru import logger
 
-from arc_actors.agent import Agent, Context, Handler
-from arc_actors.engine import (
-    AgentState,
-    crash_record,
-    hung,
-    mailbox_full,
-    not_available,
-    run_to_completion,
-    serve_request,
-)
-from arc_actors.exceptions import ARCError, internal_error
-from arc_actors.faults import Struck, strike
+from arc_actors.agent import Context, Handler
+from arc_actors.cell import AgentCell, Call, watch_for_hangs
+from arc_actors.engine import AgentState, AgentStatus
+from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ErrorCode, ErrorObject, Outcome
-from arc_actors.streaming import collect
+from arc_actors.streaming import collect, streamed
 from arc_actors.supervisor import RestartPolicy, Supervisor
 from arc_actors.tasks import Task, TaskCancelled, TaskHandle
 
@@ -54,22 +44,18 @@ GATEWAY_SILENT_S = 5.0
 asks (``context.call``, task reports) with -41003: Ray does not tell an actor that a caller died."""
 GATEWAY_CHECK_S = 1.0
 WITHDRAWN_KEPT = 1024
+START_POLL_S = 0.01
 TASK_OPERATIONS = frozenset(("get", "add_message", "add_artifact", "progress"))
 """What a handler on Ray may ask of its request's ``TaskHandle``, done by the gateway."""
+WITHDRAWN = "skipped: withdrawn by its gateway"
 
 
 class HostStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """What a host reports with every answer and poll. ``seq`` orders reports that arrive out of order;
-    ``failure_ages`` is its supervisor's window, carried over if its process dies."""
+    """What a host reports with every answer and poll: its agent's status; ``seq`` orders reports that
+    arrive out of order; ``failure_ages`` is its supervisor's window, carried over if its process dies."""
 
     seq: int
-    state: AgentState
-    restarts: int
-    escalations: int
-    mailbox: int
-    busy: int
-    up_s: float
-    last_crash: dict[str, str] | None
+    agent: AgentStatus
     failure_ages: list[float]
 
 
@@ -85,12 +71,11 @@ class Reply(msgspec.Struct, frozen=True):
 
 class Errand(msgspec.Struct, frozen=True):
     """What travels with a request besides its context: the gateway that waits for it, whether it is
-    streamed, the managed task it runs, and the faults drawn for it, to strike in the agent's thread."""
+    streamed, and the managed task it runs."""
 
     gateway: str
     stream: bool = False
     task_id: str | None = None
-    faults: list[Struck] = []
 
 
 class Delta(msgspec.Struct, frozen=True):
@@ -109,65 +94,6 @@ class Ask(msgspec.Struct, frozen=True):
     args: tuple[Any, ...]
 
 
-class _Slot:
-    """One agent instance and the one thread that runs it; a hung slot's thread is abandoned."""
-
-    def __init__(self, agent_id: str) -> None:
-        self._name = f"arc-{agent_id}"
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self._name)
-        self._local = threading.local()
-        self.agent: Agent | None = None
-        self.handlers: dict[str, Handler] = {}
-
-    def submit(self, function: Any, *args: Any) -> asyncio.Future[Any]:
-        return asyncio.wrap_future(self._thread.submit(function, *args))
-
-    def complete(self, value: Any, exchange: _Exchange | None = None) -> Any:
-        """In the slot's thread: run an awaitable (an async generator: to its joined deltas, each sent to
-        the gateway when the request streams) to its end on the thread's own loop, as the in-process
-        engine does, cancellable through the request's ``exchange``."""
-        if inspect.isasyncgen(value):
-            value = collect(value, exchange.delta if exchange is not None and exchange.errand.stream else None)
-        if not inspect.isawaitable(value):
-            return value
-        loop = getattr(self._local, "loop", None)
-        if loop is None:
-            loop = self._local.loop = asyncio.new_event_loop()
-        return run_to_completion(loop, value if exchange is None else exchange.guard(value))
-
-    def serve(
-        self, method: str, params: dict[str, Any], context: Context, exchange: _Exchange
-    ) -> tuple[Outcome, BaseException | None]:
-        """In the slot's thread: one request, its drawn faults first. A cancelled request ends with an
-        ARC error, not a crash; in a managed task's run, what the handler raises is kept in
-        ``exchange.raised`` for the gateway's task book, as the in-process task wrap would judge it."""
-        handler = self.handlers[method]
-        errand = exchange.errand
-
-        def run(params: dict[str, Any], context: Context) -> Any:
-            strike(errand.faults, context.target_agent, method, context.trace_id)
-            try:
-                return self.complete(handler(params, context), exchange)
-            except (asyncio.CancelledError, TaskCancelled):
-                if not exchange.cancelled.is_set():
-                    raise
-                raise ARCError(ErrorCode.INTERNAL_ERROR, "Request cancelled by its gateway") from None
-            except Exception as exc:
-                if errand.task_id is None:
-                    raise
-                exchange.raised = exc
-                return None
-
-        return serve_request(run, params, context, _as_is)
-
-    def abandon(self) -> None:
-        """Leave the thread to whatever it is stuck in, for a fresh one."""
-        self._thread.shutdown(wait=False, cancel_futures=True)
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self._name)
-        self._local = threading.local()
-        self.agent, self.handlers = None, {}
-
-
 class _Exchange:
     """The host's end of one request's channel to its gateway (see ``AgentHost.follow``): the events to
     send it, the asks it has yet to answer, and the request's cancellation. It is the handler's
@@ -178,6 +104,8 @@ class _Exchange:
         self.errand = errand
         self.cancelled = threading.Event()
         self.raised: Exception | None = None
+        self.answered = False
+        self.call: Call | None = None
         self._loop = asyncio.get_running_loop()
         self._events: list[Any] = []
         self._ready = asyncio.Event()
@@ -249,6 +177,10 @@ class _Exchange:
     def delta(self, text: str) -> None:
         self._loop.call_soon_threadsafe(self.put, Delta(text))
 
+    def relay(self, generator: AsyncGenerator[object, None]) -> Awaitable[str]:
+        """The request's stream, here: each delta sent to the gateway as it is made."""
+        return collect(generator, self.delta)
+
     def ask(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
@@ -307,6 +239,44 @@ class _RemoteTask(TaskHandle):
         return self._exchange.ask("task", operation, *args).result()
 
 
+class _HostCall(Call):
+    """A request in the host: its handler's awaitable is cancellable through the request's channel, and
+    in a managed task's run what the handler raises is kept for the gateway's task book, as the task
+    wrap there judges it (a task's failure, not the agent's crash)."""
+
+    __slots__ = ("exchange",)
+
+    def __init__(
+        self,
+        method: str,
+        params: dict[str, Any],
+        context: Context,
+        reply: Callable[[Outcome], object],
+        exchange: _Exchange,
+    ) -> None:
+        super().__init__(method, params, context, reply)
+        self.exchange = exchange
+
+    def run(self, handler: Handler, complete: Callable[[Any, Context | None], Any]) -> Any:
+        exchange = self.exchange
+        try:
+            value = handler(self.params, self.context)
+            if inspect.isasyncgen(value):
+                value = streamed(value, self.context.stream)
+            if inspect.isawaitable(value):
+                value = exchange.guard(value)
+            return complete(value, self.context)
+        except (asyncio.CancelledError, TaskCancelled):
+            if not exchange.cancelled.is_set():
+                raise
+            raise ARCError(ErrorCode.INTERNAL_ERROR, "Request cancelled by its gateway") from None
+        except Exception as exc:
+            if exchange.errand.task_id is None:
+                raise
+            exchange.raised = exc
+            return None
+
+
 class AgentHost:
     """The Ray actor of one agent (see the module docstring). Made by :class:`RayEngine`, not by users."""
 
@@ -326,43 +296,34 @@ class AgentHost:
         from ray import cloudpickle
 
         self._agent_id = agent_id
-        self._factory = cloudpickle.loads(factory)
         self._supervisor = Supervisor({}, policy, hang_after_s)
         self._supervisor.remember(agent_id, failure_ages)
-        self._hang_after_s = hang_after_s
-        self._concurrency = concurrency
-        self._mailbox_size = mailbox_size
-        self._slots: list[_Slot] = []
-        self._free: asyncio.Queue[_Slot | None] = asyncio.Queue()
-        self._restarting: set[asyncio.Task[None]] = set()
-        self._down = 0
-        """Slots being (re)started: the agent is ``restarting`` while any is."""
+        self._cell = AgentCell(
+            agent_id,
+            cloudpickle.loads(factory),
+            self._supervisor,
+            concurrency=concurrency,
+            mailbox_size=mailbox_size,
+        )
         self._seq = 0
-        self._waiting = 0
-        self._busy = 0
-        self._restarts = 0
-        self._escalations = 0
-        self._failed = False
-        self._last_crash: dict[str, str] | None = None
-        self._started_at = time.monotonic()
         self._log = logger.bind(agent_id=agent_id)
         self._exchanges: dict[str, _Exchange] = {}
         """The requests that have events to send or asks to be answered, by the gateway's key."""
-        self._serving: set[asyncio.Future[None]] = set()
         self._withdrawn: dict[str, None] = {}
-        """The requests their gateway gave up on before they had a slot (the latest ``WITHDRAWN_KEPT``;
-        a ``cancel`` may even arrive before its ``call``: Ray runs an async actor's calls concurrently)."""
+        """The requests their gateway gave up on before they arrived (the latest ``WITHDRAWN_KEPT``: Ray
+        runs an async actor's calls concurrently, so a ``cancel`` may arrive before its ``call``)."""
         self._heard: dict[str, float] = {}
         """When each gateway was last heard from (a request, a status poll)."""
-        self._watching: asyncio.Task[None] | None = None
+        self._watching: list[asyncio.Task[None]] = []
         self._gateway_silent_s = gateway_silent_s
 
     async def ready(self) -> HostStatus:
-        """Make the first instances; answered once each slot has one, or the agent has failed."""
-        if self._watching is None:
-            self._watching = asyncio.get_running_loop().create_task(self._watch_gateways())
-        if not self._slots:
-            await self._start_all()
+        """Start the agent; answered once each instance is up, or the agent has failed."""
+        if not self._watching:
+            loop = asyncio.get_running_loop()
+            self._watching = [loop.create_task(self._watch_gateways()), loop.create_task(watch_for_hangs([self._cell]))]
+            self._cell.start()
+        await self._started()
         return self.status()
 
     def status(self, gateway: str | None = None) -> HostStatus:
@@ -370,48 +331,31 @@ class AgentHost:
         if gateway is not None:
             self._heard[gateway] = time.monotonic()
         self._seq += 1
-        state = AgentState.FAILED if self._failed else AgentState.RESTARTING if self._down else AgentState.RUNNING
         return HostStatus(
-            seq=self._seq,
-            state=state,
-            restarts=self._restarts,
-            escalations=self._escalations,
-            mailbox=self._waiting,
-            busy=self._busy,
-            up_s=time.monotonic() - self._started_at,
-            last_crash=self._last_crash,
-            failure_ages=self._supervisor.failure_ages(self._agent_id),
+            seq=self._seq, agent=self._cell.status(), failure_ages=self._supervisor.failure_ages(self._agent_id)
         )
 
     async def call(
         self, key: str, method: str, params: dict[str, Any], context: Context, errand: Errand
     ) -> Reply | None:
-        """Serve one request when a slot is free, in arrival order. Answers its :class:`Reply` when the
-        handler made no event on the way; else None, and the gateway reads the events, then the reply,
-        with ``follow(key)``: a plain request costs one round trip, as before the channel existed."""
+        """Put one request in the agent's mailbox. Answers its :class:`Reply` when the handler made no
+        event on the way; else None, and the gateway reads the events, then the reply, with
+        ``follow(key)``: a plain request costs one round trip, as before the channel existed."""
         self._heard[errand.gateway] = time.monotonic()
-        if self._failed:
-            return self._reply(error=self._refused())
-        if self._waiting >= self._mailbox_size:
-            return self._reply(error=mailbox_full(self._agent_id, self._mailbox_size))
-        self._waiting += 1
-        try:
-            slot = await self._free.get()
-        finally:
-            self._waiting -= 1
-        if slot is None:  # woken by the agent's failure
-            return self._reply(error=self._refused())
-        if key in self._withdrawn:  # its gateway gave up on it before it started: skipped, as in process
+        if key in self._withdrawn:  # its gateway gave up on it before it arrived: skipped, as in process
             del self._withdrawn[key]
-            self._free.put_nowait(slot)
-            return self._reply(error=not_available(self._agent_id, "skipped: withdrawn by its gateway", None))
-        exchange = self._exchanges[key] = _Exchange(key, errand)
-        context._caller = exchange
-        if errand.task_id is not None:
-            context.task = _RemoteTask(exchange, errand.task_id)
-        serving = asyncio.ensure_future(self._serve(slot, method, params, context, exchange))
-        self._serving.add(serving)
-        serving.add_done_callback(self._serving.discard)
+            return self._reply(error=self._cell.not_available(WITHDRAWN))
+        exchange = _Exchange(key, errand)
+        task = None if errand.task_id is None else _RemoteTask(exchange, errand.task_id)
+        here = context.rebound(exchange, exchange if errand.stream else None, task)
+        loop = asyncio.get_running_loop()
+        call = exchange.call = _HostCall(
+            method, params, here, partial(loop.call_soon_threadsafe, self._answer, exchange), exchange
+        )
+        refused = self._cell.submit(call)
+        if refused is not None:
+            return self._reply(error=refused)
+        self._exchanges[key] = exchange
         first = await exchange.first()
         if isinstance(first, Reply):
             self._exchanges.pop(key, None)  # gone already if the gateway gave up on it
@@ -441,56 +385,58 @@ class AgentHost:
             exchange.answer(ask_id, value, error)
 
     def cancel(self, key: str) -> None:
-        """The gateway gave up on request ``key`` (its task was cancelled, its stream's client left)."""
+        """The gateway gave up on request ``key`` (its task was cancelled, its stream's client left): a
+        request still in the mailbox never runs, a running one's handler is cancelled."""
         exchange = self._exchanges.get(key)
-        if exchange is not None:
-            exchange.cancel()
-        else:  # not started yet (or over already: then the key ages out)
+        if exchange is None:  # not arrived yet (or over already: then the key ages out)
             self._withdrawn[key] = None
             if len(self._withdrawn) > WITHDRAWN_KEPT:
                 del self._withdrawn[next(iter(self._withdrawn))]
+        elif exchange.call is not None and self._cell.withdraw(exchange.call):
+            self._answer(exchange, self._cell.not_available(WITHDRAWN))
+        else:
+            exchange.cancel()
 
-    async def _serve(
-        self, slot: _Slot, method: str, params: dict[str, Any], context: Context, exchange: _Exchange
-    ) -> None:
-        try:
-            reply = await self._run(slot, method, params, context, exchange)
-        except Exception as exc:  # noqa: BLE001 - a failure of the host's own code still answers
-            reply = self._reply(error=internal_error(exc, self._agent_id, context.trace_id, method))
+    async def revive(self) -> HostStatus:
+        """Bring a failed agent back with fresh instances and a forgotten failure history."""
+        self._cell.restart()
+        await self._started()
+        return self.status()
+
+    async def shutdown(self, timeout_s: float) -> None:
+        """Stop the instances (each runs ``on_stop`` in its thread), waiting at most ``timeout_s``, before
+        the actor is killed."""
+        self._cell.stop()
+        deadline = time.monotonic() + timeout_s
+        await asyncio.get_running_loop().run_in_executor(None, self._cell.wait_stopped, deadline)
+
+    async def _started(self) -> None:
+        while self._cell.state in (AgentState.STARTING, AgentState.RESTARTING):
+            await asyncio.sleep(START_POLL_S)
+
+    def _answer(self, exchange: _Exchange, outcome: Outcome) -> None:
+        """On the host's loop: the request's reply, its last event (the first answer only: a hung one's
+        is the watchdog's)."""
+        if exchange.answered:
+            return
+        exchange.answered = True
+        if exchange.raised is not None:
+            reply = self._reply(raised=exchange.raised)
+        elif isinstance(outcome, ErrorObject):
+            reply = self._reply(error=outcome)
+        else:
+            reply = self._reply(result=bytes(outcome))
         exchange.put(reply)
         if exchange.abandoned:
             self._exchanges.pop(exchange.key, None)
 
-    async def _run(
-        self, slot: _Slot, method: str, params: dict[str, Any], context: Context, exchange: _Exchange
-    ) -> Reply:
-        self._busy += 1
-        try:
-            outcome, crash = await asyncio.wait_for(
-                slot.submit(slot.serve, method, params, context, exchange), self._hang_after_s
-            )
-        except TimeoutError:
-            reason = f"{method} hung for more than {self._hang_after_s} s"
-            self._log.error("watchdog: {} {}; abandoning its thread", self._agent_id, reason)
-            slot.abandon()
-            self._supervise(slot, "Hang", reason)
-            return self._reply(error=hung(self._agent_id, self._hang_after_s))
-        finally:
-            self._busy -= 1
-        if crash is not None:
-            self._supervise(slot, type(crash).__name__, str(crash))
-        else:
-            self._free.put_nowait(slot)
-        if exchange.raised is not None:
-            return self._reply(raised=exchange.raised)
-        if isinstance(outcome, ErrorObject):
-            return self._reply(error=outcome)
-        return self._reply(result=bytes(outcome))
+    def _reply(self, result: bytes | None = None, error: ErrorObject | None = None, raised: Any = None) -> Reply:
+        return Reply(result, error, self.status(), raised)
 
     async def _watch_gateways(self) -> None:
         """Until the actor ends: refuse the asks of requests whose gateway has gone silent (it polls
-        every ``ray_engine.POLL_BUSY_S`` while it has requests in flight), so a handler waiting on a dead gateway
-        gets an ARC error instead of waiting forever."""
+        every ``ray_engine.POLL_BUSY_S`` while it has requests in flight), so a handler waiting on a dead
+        gateway gets an ARC error instead of waiting forever."""
         while True:
             await asyncio.sleep(min(GATEWAY_CHECK_S, self._gateway_silent_s))
             now = time.monotonic()
@@ -508,108 +454,3 @@ class AgentHost:
                             {"gateway": exchange.errand.gateway},
                         )
                     )
-
-    async def revive(self) -> HostStatus:
-        """Bring a failed agent back with fresh instances and a forgotten failure history."""
-        if not self._failed:
-            raise ValueError(f"agent {self._agent_id!r} is not failed: only a failed agent is restarted by hand")
-        while not self._free.empty():
-            self._free.get_nowait()
-        self._supervisor.forget(self._agent_id)
-        self._failed = False
-        await self._start_all()
-        return self.status()
-
-    async def shutdown(self) -> None:
-        """Run every instance's ``on_stop`` in its thread, before the actor is killed."""
-        for slot in self._slots:
-            if slot.agent is not None:
-                with _logged(self._log, "on_stop raised"):
-                    await slot.submit(slot.complete, slot.agent.on_stop())
-
-    async def _start_all(self) -> None:
-        self._slots = [_Slot(self._agent_id) for _ in range(self._concurrency)]
-        self._down += len(self._slots)
-        await asyncio.gather(*(self._start(slot, 0.0) for slot in self._slots))
-
-    def _reply(self, result: bytes | None = None, error: ErrorObject | None = None, raised: Any = None) -> Reply:
-        return Reply(result, error, self.status(), raised)
-
-    def _refused(self) -> ErrorObject:
-        return not_available(self._agent_id, "has failed and awaits a restart", self._last_crash)
-
-    def _supervise(self, slot: _Slot, kind: str, message: str) -> None:
-        """Decide on a crash or hang and count the restart before the crashing request is answered; the
-        slot comes back to the mailbox only with a fresh instance."""
-        self._last_crash = crash_record(kind, message)
-        decision = self._supervisor.on_failure(self._agent_id, f"{kind}: {message}")
-        if not decision.restart:
-            self._fail()
-            return
-        self._restarts += 1
-        self._down += 1
-        task = asyncio.get_running_loop().create_task(self._start(slot, decision.delay_s, release=True))
-        self._restarting.add(task)
-        task.add_done_callback(self._restarting.discard)
-
-    async def _start(self, slot: _Slot, delay_s: float, *, release: bool = False) -> None:
-        """After ``delay_s``, a fresh instance in ``slot`` (``release``: the old one's ``on_stop`` first);
-        a failing or hung start is a failure like any other. The caller counted the slot down."""
-        try:
-            await self._restart_slot(slot, delay_s, release)
-        finally:
-            self._down -= 1
-
-    async def _restart_slot(self, slot: _Slot, delay_s: float, release: bool) -> None:
-        if release and slot.agent is not None:
-            with _logged(self._log, "on_stop raised"):
-                await slot.submit(slot.complete, slot.agent.on_stop())
-        await asyncio.sleep(delay_s)
-        try:
-            await asyncio.wait_for(slot.submit(self._make, slot), self._hang_after_s)
-        except TimeoutError:
-            reason = f"on_start hung for more than {self._hang_after_s} s"
-            self._log.error("watchdog: {} {}; abandoning its thread", self._agent_id, reason)
-            slot.abandon()
-            self._supervise(slot, "Hang", reason)
-            return
-        except BaseException as exc:  # noqa: BLE001 - whatever on_start raises stays in this agent
-            self._log.opt(exception=exc).error("agent failed to start")
-            self._supervise(slot, type(exc).__name__, str(exc))
-            return
-        if self._failed:
-            return
-        self._started_at = time.monotonic()
-        self._free.put_nowait(slot)
-
-    def _make(self, slot: _Slot) -> None:
-        agent = self._factory()
-        slot.complete(agent.on_start())
-        slot.agent, slot.handlers = agent, agent.handlers()
-
-    def _fail(self) -> None:
-        """Give up: every waiting request and every new one is answered -41002."""
-        self._failed = True
-        self._escalations += 1
-        for _ in range(self._waiting):
-            self._free.put_nowait(None)
-
-
-class _logged:
-    """Log, not raise, what a clean-up step raises."""
-
-    def __init__(self, log: Any, what: str) -> None:
-        self._log, self._what = log, what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> bool:
-        if exc is not None and isinstance(exc, Exception):
-            self._log.opt(exception=exc).error(self._what)
-            return True
-        return False
-
-
-def _as_is(value: Any) -> Any:
-    return value

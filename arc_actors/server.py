@@ -372,17 +372,13 @@ class Server:
         store = ServingStore(self.store, self.state_max_records or None, keep=live_task)
         webhooks = Webhooks(self.webhooks, store)
         chats, tasks = ChatBook(store), TaskBook(store, webhooks)
-        engine_name = self._engine_name()
-        specs = self.faults.wire(
-            [accept_notifications(tasks.manage(chats.manage(spec))) for spec in specs],
-            around_handlers=engine_name == "pykka",  # the ray engine strikes them where the agent's code runs
-        )
+        specs = [accept_notifications(tasks.manage(chats.manage(spec))) for spec in self.faults.wire(specs)]
         supervisor = Supervisor(
             {spec.agent_id: spec.policy for spec in specs if spec.policy is not None},
             self.restart_policy,
             self.restart_policy.hang_after_s or hang_after_from_env(),
         )
-        engine = self._engine(engine_name, supervisor)
+        engine = self._engine(self._engine_name(), supervisor)
         router = Router(specs, tasks.front(engine))
         if self._authenticator is not None:
             self._authenticator.check_agents(router.agent_ids)
@@ -441,7 +437,6 @@ class Server:
             self.request_timeout_s,
             address=self.ray_address or os.environ.get(RAY_ADDRESS_ENV) or None,
             namespace=self.ray_namespace or f"arc_actors-{self.server_id}",
-            faults=self.faults if self.faults.enabled else None,
         )
 
     def runner_options(self) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Protocol
 
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ErrorCode
@@ -73,6 +74,19 @@ class DeltaSink:
         finally:
             with self._lock:
                 self._running = None
+
+
+class StreamSink(Protocol):
+    """Where a request's deltas go as they are made: the gateway's :class:`DeltaSink`, or an engine's
+    stand-in for it in another process."""
+
+    def relay(self, generator: AsyncGenerator[object, None]) -> Awaitable[str]: ...
+
+
+def streamed(generator: AsyncGenerator[object, None], sink: StreamSink | None) -> Awaitable[str]:
+    """What an async generator handler answers: its deltas relayed to ``sink`` as they come (a request
+    with ``stream: true``) or, without one, joined."""
+    return collect(generator) if sink is None else sink.relay(generator)
 
 
 async def collect(generator: AsyncGenerator[object, None], send: Callable[[str], None] | None = None) -> str:

@@ -190,18 +190,18 @@ def test_error_fault_on_one_method_leaves_the_others_alone_and_the_most_specific
     server = build_server()
     server.faults.arm(["hr-agent.chat.message:error=1:-43001", "finance-agent:error=1:-41002"])
     server.faults.arm([*server.faults.plan.specs(), "finance-agent.chat.start:latency=1:1ms"])
+
+    def message(url: str, agent_id: str, chat_id: str) -> dict:
+        return run(
+            post(url, envelope(agent_id, "chat.message", {"chatId": chat_id, "message": say()["initialMessage"]}))
+        )
+
     with serving(server) as running:
         hr_start = run(post(running.url, envelope("hr-agent", "chat.start", say("salary"))))
-        hr_message = run(
-            post(running.url, envelope("hr-agent", "chat.message", {"chatId": "c", "message": say()["initialMessage"]}))
-        )
+        hr_message = message(running.url, "hr-agent", hr_start["result"]["chat"]["chatId"])
         finance_start = run(post(running.url, envelope("finance-agent", "chat.start", say("invoice"))))
-        finance_message = run(
-            post(
-                running.url,
-                envelope("finance-agent", "chat.message", {"chatId": "c", "message": say()["initialMessage"]}),
-            )
-        )
+        finance_message = message(running.url, "finance-agent", finance_start["result"]["chat"]["chatId"])
+        unknown_chat = message(running.url, "finance-agent", "no-such-chat")
     assert hr_start["error"] is None
     assert hr_message["error"] == {
         "code": -43001,
@@ -210,6 +210,7 @@ def test_error_fault_on_one_method_leaves_the_others_alone_and_the_most_specific
     }
     assert finance_start["error"] is None
     assert finance_message["error"]["code"] == -41002
+    assert unknown_chat["error"]["code"] == -43001  # answered by the runtime: no handler, no fault
     assert server.faults.injected["finance-agent"] == {"crash": 0, "hang": 0, "latency": 1, "error": 1}
 
 
