@@ -51,6 +51,7 @@ from arc_actors.engine import (
     EngineUnavailable,
     answer_in_time,
     crash_record,
+    mailbox_full,
     not_available,
     resolve,
     timed_out,
@@ -109,6 +110,8 @@ class _Cell:
         self.last_crash: dict[str, str] | None = None
         self.ready = asyncio.Event()
         self.in_flight: set[asyncio.Future[Outcome]] = set()
+        self.waiting = 0
+        """Requests waiting here for the host to be (re)made."""
         self.polled_at = 0.0
         self.handlers: dict[str, Handler] = {}
         self.layered = any(not layer.beside_agent for layer in spec.layers)
@@ -263,7 +266,7 @@ class RayEngine:
             state=cell.state,
             restarts=cell.restarts_before + (report.restarts if report else 0),
             escalations=cell.escalations_before + (report.escalations if report else 0),
-            mailbox=report.mailbox if report else 0,
+            mailbox=(report.mailbox if report else 0) + cell.waiting,
             busy=report.busy if report else 0,
             uptime_s=report.uptime_s if report else 0.0,
             last_crash=cell.last_crash,
@@ -356,7 +359,8 @@ class RayEngine:
         """One request to the agent's host: its encoded result, or :class:`_Answered` with its error (or,
         in a managed task's run, what the handler raised, raised here). Its deltas go to the request's
         stream and its asks are done here, as they come."""
-        await cell.ready.wait()
+        if not cell.ready.is_set():
+            await self._wait_for_host(cell)
         if cell.failed:
             raise _Answered(not_available(cell.spec.agent_id, "has failed and awaits a restart", cell.last_crash))
         generation = cell.generation
@@ -379,6 +383,17 @@ class RayEngine:
         if reply.error is not None:
             raise _Answered(reply.error)
         return reply.result
+
+    async def _wait_for_host(self, cell: _Cell) -> None:
+        """Wait while the agent's host is (re)made: these requests wait here, not in its cell, so the
+        same bound holds here (at most ``mailbox_size`` waiting)."""
+        if cell.waiting >= cell.mailbox_size:
+            raise _Answered(mailbox_full(cell.spec.agent_id, cell.mailbox_size))
+        cell.waiting += 1
+        try:
+            await cell.ready.wait()
+        finally:
+            cell.waiting -= 1
 
     async def _follow(self, cell: _Cell, key: str, context: Context) -> Reply:
         """Read a request's events until its reply: deltas to its stream, asks done in the background
@@ -493,9 +508,9 @@ class RayEngine:
                 self._supervisor.failure_ages(spec.agent_id),
             )
             cell.owned = True
-        self._background(self._await_ready(cell, cell.generation))
+        self._background(self._await_host(cell, cell.generation))
 
-    async def _await_ready(self, cell: _Cell, generation: int) -> None:
+    async def _await_host(self, cell: _Cell, generation: int) -> None:
         try:
             report = await cell.host.ready.remote()
         except self._ray.exceptions.RayActorError as exc:

@@ -108,7 +108,7 @@ class _Exchange:
         self.call: Call | None = None
         self._loop = asyncio.get_running_loop()
         self._events: list[Any] = []
-        self._ready = asyncio.Event()
+        self._arrived = asyncio.Event()
         self._lock = threading.Lock()
         self._asks = itertools.count()
         self._pending: dict[int, concurrent.futures.Future[Any]] = {}
@@ -119,17 +119,17 @@ class _Exchange:
 
     def put(self, event: Any) -> None:
         self._events.append(event)
-        self._ready.set()
+        self._arrived.set()
 
     async def first(self) -> Any:
         """The first event, left in place."""
-        await self._ready.wait()
+        await self._arrived.wait()
         return self._events[0]
 
     async def take(self) -> list[Any]:
         """Every event so far, at least one."""
-        await self._ready.wait()
-        self._ready.clear()
+        await self._arrived.wait()
+        self._arrived.clear()
         events, self._events = self._events, []
         return events
 

@@ -8,7 +8,7 @@ import asyncio
 import concurrent.futures
 import uuid
 from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from arc_actors.agent import AgentSpec, Context
 from arc_actors.engine import AgentStatus, Engine
@@ -24,11 +24,23 @@ MAX_LISTED_AGENTS = 100
 """An unknown-agent error lists at most this many agent ids, so a probe cannot make us echo 10,000."""
 
 
-class Router:
-    """Knows which agents exist and which methods each answers; reaches them only through the engine."""
+class Front(Protocol):
+    """Answers some requests before they reach an agent's mailbox (managed tasks' methods, from the store)."""
 
-    def __init__(self, specs: Iterable[AgentSpec], engine: Engine) -> None:
+    def takes(self, agent_id: str, method: str) -> bool:
+        """Whether it answers ``method`` of ``agent_id``."""
+
+    def ask(self, agent_id: str, method: str, params: dict[str, Any], context: Context) -> Awaitable[Outcome]:
+        """The outcome of a request it takes, to await."""
+
+
+class Router:
+    """Knows which agents exist and which methods each answers; reaches them only through the engine,
+    or the ``front`` that answers some requests before it."""
+
+    def __init__(self, specs: Iterable[AgentSpec], engine: Engine, front: Front | None = None) -> None:
         self._engine = engine
+        self._front = front
         self._specs = list(specs)
         self._methods: dict[str, frozenset[str]] = {spec.agent_id: frozenset(spec.methods) for spec in self._specs}
         self._own_chats = {spec.agent_id for spec in self._specs if not spec.managed_chats}
@@ -97,6 +109,8 @@ class Router:
             self,
             stream,
         )
+        if self._front is not None and self._front.takes(request.target_agent, request.method):
+            return self._front.ask(request.target_agent, request.method, request.params, context)
         return self._engine.ask(request.target_agent, request.method, request.params, context)
 
     def call_from(

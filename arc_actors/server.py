@@ -379,7 +379,7 @@ class Server:
             self.restart_policy.hang_after_s or hang_after_from_env(),
         )
         engine = self._engine(self._engine_name(), supervisor)
-        router = Router(specs, tasks.front(engine))
+        router = Router(specs, engine, tasks.front(engine))
         if self._authenticator is not None:
             self._authenticator.check_agents(router.agent_ids)
         metrics = Metrics(router, webhooks) if self.metrics else None

@@ -4,7 +4,7 @@ agent's ``task_create`` in the background after ``task.create`` has answered.
 For every agent that answers ``task.create``, the runtime answers ``task.create``, ``task.send``,
 ``task.info``, ``task.get`` and ``task.cancel`` itself, in two places:
 
-* **In front of the mailbox** (``TaskBook.front``, between the router and the engine), from the
+* **In front of the mailbox** (``TaskBook.front``, which the router asks before the engine), from the
   store, so they answer at once even while the agent is busy running a task: ``task.create`` records
   the task (SUBMITTED, ``taskId`` generated, priority kept, default NORMAL), puts its run in the agent's
   mailbox and answers ``{"type": "task", "task": {...}}`` without waiting for it. ``task.send`` appends
@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import inspect
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -52,7 +52,7 @@ from arc_actors.protocol import ErrorCode, ErrorObject, Outcome, encoder
 from arc_actors.store import ServingStore, Store, new_id, record_key, utc_now
 
 if TYPE_CHECKING:
-    from arc_actors.engine import AgentStatus, Engine
+    from arc_actors.engine import Engine
     from arc_actors.webhooks import Webhooks
 
 SUBMITTED = "SUBMITTED"
@@ -208,18 +208,24 @@ class TaskBook:
         self._serving = store
         self._webhooks = webhooks
         self._runs: dict[str, _Run] = {}
+        self._managed: set[str] = set()
         self._resumable: set[str] = set()
 
     def manage(self, spec: AgentSpec) -> AgentSpec:
         """``spec`` with managed tasks when it answers ``task.create``; other agents are left as they are."""
         if "task.create" not in spec.methods:
             return spec
+        self._managed.add(spec.agent_id)
         if "task.send" in spec.methods:
             self._resumable.add(spec.agent_id)
         return spec.map_handlers(self._wrap, tuple(dict.fromkeys((*spec.methods, *_FRONT_METHODS))))
 
-    def front(self, engine: Engine) -> Engine:
-        """``engine`` with the task methods of managed agents answered before the mailbox."""
+    def manages(self, agent_id: str) -> bool:
+        """Whether ``agent_id``'s tasks are managed (it answers ``task.create``)."""
+        return agent_id in self._managed
+
+    def front(self, engine: Engine) -> _Front:
+        """What answers the task methods of managed agents before the mailbox, putting runs in ``engine``."""
         return _Front(self, engine)
 
     def load(self, agent_id: str, task_id: str) -> Task:
@@ -371,26 +377,18 @@ class TaskBook:
 
 
 class _Front:
-    """The engine with managed agents' task methods answered from the store (off the event loop),
-    and runs put in the agents' mailboxes without waiting for them; everything else is the engine's."""
+    """Managed agents' task methods, answered from the store (off the event loop), their runs put in the
+    agents' mailboxes without waiting for them (a :class:`~arc_actors.router.Front`)."""
 
     def __init__(self, book: TaskBook, engine: Engine) -> None:
         self._book = book
         self._engine = engine
-        self._managed: set[str] = set()
         self._pending: set[asyncio.Future[Outcome]] = set()
 
-    def spawn(self, spec: AgentSpec) -> None:
-        if "task.create" in spec.methods:
-            self._managed.add(spec.agent_id)
-        self._engine.spawn(spec)
+    def takes(self, agent_id: str, method: str) -> bool:
+        return method in _FRONT_METHODS and self._book.manages(agent_id)
 
-    def ask(self, agent_id: str, method: str, params: dict[str, Any], context: Context) -> Awaitable[Outcome]:
-        if agent_id not in self._managed or method not in _FRONT_METHODS:
-            return self._engine.ask(agent_id, method, params, context)
-        return self._answer(agent_id, method, params, context)
-
-    async def _answer(self, agent_id: str, method: str, params: dict[str, Any], context: Context) -> Outcome:
+    async def ask(self, agent_id: str, method: str, params: dict[str, Any], context: Context) -> Outcome:
         loop = asyncio.get_running_loop()
         try:
             if method == "task.create":
@@ -418,21 +416,6 @@ class _Front:
                 asyncio.get_running_loop().run_in_executor(None, self._book.fail, agent_id, task_id, done.result())
 
         outcome.add_done_callback(settled)
-
-    async def drain(self, timeout_s: float) -> dict[str, int]:
-        return await self._engine.drain(timeout_s)
-
-    def stop(self, timeout_s: float) -> list[str]:
-        return self._engine.stop(timeout_s)
-
-    def restart(self, agent_id: str) -> None:
-        self._engine.restart(agent_id)
-
-    def status(self, agent_id: str) -> AgentStatus:
-        return self._engine.status(agent_id)
-
-    async def watch_for_hangs(self) -> None:
-        await self._engine.watch_for_hangs()
 
 
 def _answer_now(book: TaskBook, agent_id: str, method: str, params: dict[str, Any]) -> Any:

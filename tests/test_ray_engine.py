@@ -236,3 +236,29 @@ def test_ray_engine_without_ray_installed_is_one_clear_line():
     )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == "arc_actors: the ray engine needs Ray: pip install 'arc-actors[ray]'"
+
+
+class SlowToReplace(Worker):
+    agent_id = "worker"
+    mailbox_size = 2
+    restart_policy = RestartPolicy(backoff_initial_s=2.0, backoff_jitter=0)
+
+
+def test_while_its_process_is_replaced_an_agent_takes_mailbox_size_requests_and_no_more(ray_cluster):
+    """The requests that wait for a new process wait in the gateway: the agent's one bound holds there."""
+
+    async def scenario(url: str) -> tuple[dict, list]:
+        exited = await post(url, envelope("worker", "work.run", {"exit": True}, id=0))
+        waiting = [asyncio.ensure_future(post(url, envelope("worker", "work.run", id=i))) for i in (1, 2)]
+        deadline = time.monotonic() + 5
+        while (await Client(url).health())["agents"]["worker"]["mailbox"] != 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        refused = await post(url, envelope("worker", "work.run", id=3))
+        answers = [*(await asyncio.gather(*waiting)), refused]
+        return exited, [answer["error"]["code"] if answer["error"] else "ok" for answer in answers]
+
+    with serving(ray_server("replaced", SlowToReplace)) as running:
+        exited, codes = run(scenario(running.url))
+    assert exited["error"]["code"] == -41002
+    assert codes == ["ok", "ok", -44007]

@@ -284,3 +284,38 @@ def test_a_streamed_chat_start_of_an_agent_keeping_its_own_chats_names_the_chat_
     status, _, body = run(stream_raw(url, "chat.start", {"initialMessage": said("hi")}))
     assert status == 200
     assert body == delta("own-7", "given None") + done("own-7")  # no chatId made up for it, none given to it
+
+
+class OwnChatsStreamer(Agent):
+    """Keeps its own chats: its async generators reach no chat layer, only the agent's cell."""
+
+    agent_id = "streamer"
+    managed_chats = False
+
+    async def chat_start(self, params, context):
+        for word in ("a", "b"):
+            await asyncio.sleep(0)
+            yield word
+
+    @handles("words.join")
+    async def words(self, params, context):
+        yield "x"
+        yield "y"
+
+
+def test_an_async_generator_of_an_agent_keeping_its_own_chats_is_streamed_or_joined_not_a_crash(serve):
+    server = Server(server_id="own-streams")
+    server.add_agent(OwnChatsStreamer)
+    url = serve(server).url
+
+    async def exchange() -> tuple[dict, dict, str, dict]:
+        joined = await post(url, envelope("streamer", "chat.start", {"chatId": "own-1", "initialMessage": said("hi")}))
+        custom = await post(url, envelope("streamer", "words.join"))
+        _, _, body = await stream_raw(url, "chat.start", {"chatId": "own-2", "initialMessage": said("hi")})
+        return joined, custom, body, await Client(url).health()
+
+    joined, custom, body, health = run(exchange())
+    assert (joined["error"], joined["result"]) == (None, "ab")
+    assert (custom["error"], custom["result"]) == (None, "xy")
+    assert body == delta("own-2", "a") + delta("own-2", "b") + done("own-2")
+    assert health["agents"]["streamer"]["restarts"] == 0
