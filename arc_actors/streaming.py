@@ -1,7 +1,8 @@
 """Streamed replies: how an agent's text deltas reach an SSE response as they are made.
 
 An agent streams by being an **async generator** handler of ``chat.start`` or ``chat.message`` that
-yields ``str`` deltas. It runs, like any handler, in its agent's own actor thread on that thread's own
+yields ``str`` deltas (managed chats or not: the agent's cell runs any generator handler through
+:func:`streamed`). It runs, like any handler, in its agent's own actor thread on that thread's own
 loop; each delta crosses to the gateway's loop with ``loop.call_soon_threadsafe`` into the
 :class:`DeltaSink` of the request, which the gateway writes as a ``stream`` frame at once. The final
 outcome travels the ordinary way (the engine's answer), after every delta, so supervision is unchanged:
