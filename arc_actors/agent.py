@@ -40,6 +40,10 @@ PLAIN_RESULTS = frozenset((str, dict, list, int, float, bool, type(None)))
 """Types of handler results that are neither awaited nor iterated: checked before the ABC checks of
 ``inspect.isawaitable``, which cost more, on every request."""
 F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_MAX_IN_FLIGHT = 100
+"""Requests one agent instance serves at once, interleaved at its handlers' awaits: an agent waiting
+~100 ms on an LLM serves up to ~1,000 requests a second, and a flood still queues in its mailbox (and is
+refused there) instead of opening unbounded work."""
 
 
 def handles(method: str) -> Callable[[F], F]:
@@ -75,7 +79,7 @@ class Context:
     (progress, messages, artifacts, cancellation), else None. ``stream`` is the
     ``DeltaSink`` of a request answered as SSE (``params.stream: true``),
     else None; the runtime uses it, a handler streams by being an async generator. ``faults`` are the
-    faults fault injection drew for this request, struck before the handler runs (empty when none).
+    faults fault injection drew for this request, struck before the handler runs (None until drawn).
     """
 
     __slots__ = (
@@ -120,7 +124,7 @@ class Context:
         self._chat: Chat | None = None
         self._chat_copy: Callable[[], Chat] | None = None
         self.task: TaskHandle | None = None
-        self.faults: tuple[Struck, ...] = ()
+        self.faults: tuple[Struck, ...] | None = None
 
     def rebound(
         self, caller: AgentCaller | None, stream: StreamSink | None = None, task: TaskHandle | None = None
@@ -198,7 +202,11 @@ class Agent:
     """Base class of agents written as classes; each instance runs inside its own actor.
 
     Set ``agent_id`` as a class attribute or pass it to ``Server.add_agent``. State kept on ``self``
-    is only ever touched by one handler at a time. ``on_start`` and ``on_stop`` run in the agent's
+    is only ever touched by one handler at a time: a ``def`` handler holds the agent's thread until it
+    returns; an ``async def`` handler lets the agent take its next request while it awaits, up to
+    ``max_in_flight`` at once (default 100; 1 serves one request at a time, awaits included), so code
+    between two awaits runs alone but state read before an await may have changed after it. Requests of
+    one chat or task are served one after the other. ``on_start`` and ``on_stop`` run in the agent's
     own thread, before its first and after its last message; a restart after a crash makes a new
     instance, so state starts afresh. ``restart_policy`` (or ``add_agent(..., policy=)``) sets how it
     is supervised; by default the server's policy applies. ``concurrency = N`` runs N instances, each
@@ -215,6 +223,7 @@ class Agent:
     mailbox_size: ClassVar[int | None] = None
     request_timeout_s: ClassVar[float | None] = None
     managed_chats: ClassVar[bool] = True
+    max_in_flight: ClassVar[int] = DEFAULT_MAX_IN_FLIGHT
     _arc_method_attributes: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -308,6 +317,8 @@ class AgentSpec:
     managed_chats: bool = True
     """Whether the runtime keeps this agent's chats (``arc_actors.chats``); False hands ``chat.*`` requests
     to its handlers as they came."""
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    """How many requests one instance serves at once, interleaved at its ``async def`` handlers' awaits."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
@@ -316,6 +327,8 @@ class AgentSpec:
             raise ValueError(f"agent {self.agent_id!r}: mailbox_size must be an int >= 1, got {self.mailbox_size!r}")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError(f"agent {self.agent_id!r}: request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+        if not isinstance(self.max_in_flight, int) or isinstance(self.max_in_flight, bool) or self.max_in_flight < 1:
+            raise ValueError(f"agent {self.agent_id!r}: max_in_flight must be an int >= 1, got {self.max_in_flight!r}")
         if not isinstance(self.managed_chats, bool):
             raise ValueError(f"agent {self.agent_id!r}: managed_chats is True or False, got {self.managed_chats!r}")
 
@@ -375,10 +388,11 @@ class AgentSpec:
         mailbox_size: int | None = None,
         request_timeout_s: float | None = None,
         managed_chats: bool | None = None,
+        max_in_flight: int | None = None,
     ) -> AgentSpec:
         """The spec of an ``Agent`` subclass, made with ``agent_class(*args, **kwargs)``;
-        ``policy``, ``concurrency``, ``mailbox_size``, ``request_timeout_s`` and ``managed_chats``
-        default to the class's attributes."""
+        ``policy``, ``concurrency``, ``mailbox_size``, ``request_timeout_s``, ``managed_chats`` and
+        ``max_in_flight`` default to the class's attributes."""
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
             raise TypeError(f"expected an Agent subclass, got {agent_class!r}")
         resolved_id = agent_id or agent_class.agent_id
@@ -404,6 +418,7 @@ class AgentSpec:
             mailbox_size or agent_class.mailbox_size,
             request_timeout_s or agent_class.request_timeout_s,
             managed_chats=agent_class.managed_chats if managed_chats is None else managed_chats,
+            max_in_flight=agent_class.max_in_flight if max_in_flight is None else max_in_flight,
         )
 
     @classmethod
@@ -416,6 +431,7 @@ class AgentSpec:
         mailbox_size: int | None = None,
         request_timeout_s: float | None = None,
         managed_chats: bool = True,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> AgentSpec:
         """The spec of an agent made of handler functions keyed by ARC method."""
         frozen = dict(handlers)
@@ -428,6 +444,7 @@ class AgentSpec:
             mailbox_size,
             request_timeout_s,
             managed_chats=managed_chats,
+            max_in_flight=max_in_flight,
         )
 
 

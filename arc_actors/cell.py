@@ -1,34 +1,44 @@
 """One agent between its mailbox and its handlers: the cell both engines run.
 
 An :class:`AgentCell` is everything that happens to one agent: its mailbox (at most ``mailbox_size``
-requests wait for a free instance; one more is refused -44007), its ``concurrency`` instances (each in a
-pykka ``ThreadingActor`` of its own, so per-instance state stays single-threaded), the watchdog's hang
-check, supervision as the :class:`~arc_actors.supervisor.Supervisor` decides it, ``on_start`` and
-``on_stop``, drain, stop and the status ``/health`` shows. The in-process engine runs one cell per
-agent in the gateway's process; the Ray engine runs the same cell inside the agent's Ray actor.
+requests wait; one more is refused -44007), its ``concurrency`` instances (each a pykka actor with a
+thread and an event loop of its own), the watchdog's hang checks, supervision as the
+:class:`~arc_actors.supervisor.Supervisor` decides it, ``on_start`` and ``on_stop``, drain, stop and the
+status ``/health`` shows. The in-process engine runs one cell per agent in the gateway's process; the
+Ray engine runs the same cell inside the agent's Ray actor.
 
-A request is a :class:`Call`. The cell hands it to an idle instance at once (one ``tell``), or queues
-it; an instance that finishes takes the next queued call itself, without a message. Every transition
-is made under the cell's ``lock``, so no request is ever left queued with nobody to serve it.
+A request is a :class:`Call`. **Interleaving**: an instance serves up to ``max_in_flight`` calls at once on
+its one agent instance. A ``def`` handler runs on the instance's thread and holds it until it returns; an
+``async def`` handler runs as a task on the instance's loop, and while it awaits, the instance takes its
+next call. Code between two awaits never runs beside the agent's other code, as in any asyncio program.
+**Order per conversation**: calls of one chat (``chatId``) or task (``taskId``) run one after the other,
+in arrival order; different conversations interleave. The cell hands a call to an instance with room at
+once (one ``tell``), or queues it; an instance with room takes the next queued call itself. Every
+transition is made under the cell's ``lock``, so no call is ever left queued with nobody to serve it,
+and every call is answered exactly once.
 
-* **crash**: the crashing request is answered -32603 once the restart is decided and counted (so
-  ``/health`` agrees with what the caller saw); the instance's thread makes a fresh instance after the
-  backoff, before it takes another request (Akka's restart). The mailbox is kept.
-* **hang**: :meth:`AgentCell.check_hangs` answers the stuck request -41006 and gives its slot a new
-  actor; the stuck thread is abandoned (Python cannot kill it) and whatever it returns is discarded.
-* **escalation**: the agent is failed: every queued and new request is answered -41002 at once, until
+* **crash**: the crashing call is answered -32603 once the restart is decided and counted (so ``/health``
+  agrees with what the caller saw). The calls in flight beside it finish on the old agent instance (its
+  ``on_stop`` runs after the last of them); new calls wait for a fresh instance, made after the backoff.
+* **hang**: a call running past the hang threshold is answered -41006 and its task cancelled. A thread
+  that stops turning its loop (a ``def`` handler, or a blocking call inside an ``async def`` one) is
+  abandoned (Python cannot kill it) for a new actor, as the supervisor decides, and every call in flight
+  on it answered -41006.
+* **escalation**: the agent is failed: every queued and new call is answered -41002 at once, until
   :meth:`AgentCell.restart` by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -48,10 +58,10 @@ FAILED = "has failed and awaits a restart"
 
 
 class Call:
-    """One request on its way through a cell. ``reply`` answers it, from whichever thread; it may be
-    called again after the caller was answered (a drain, the watchdog), and must then do nothing."""
+    """One request on its way through a cell. ``reply`` answers it, from whichever thread; the cell calls
+    it once. ``key`` is its conversation (``chatId`` or ``taskId``), whose calls run one at a time."""
 
-    __slots__ = ("context", "method", "params", "reply")
+    __slots__ = ("context", "done", "key", "method", "params", "reply", "running", "started_at", "task")
 
     def __init__(
         self, method: str, params: dict[str, Any], context: Context, reply: Callable[[Outcome], object]
@@ -60,25 +70,56 @@ class Call:
         self.params = params
         self.context = context
         self.reply = reply
+        key = params.get("chatId") or params.get("taskId")
+        self.key: str | None = key if isinstance(key, str) else None
+        self.started_at: float | None = None
+        """When an instance took it (``tell``, or from the queue)."""
+        self.running = False
+        """Whether its handler's code is under way (a ``def`` one called, an ``async def`` one's task
+        stepped): a call handed to an instance that got stuck before that is served by the next one."""
+        self.task: asyncio.Future[Any] | None = None
+        self.done = False
 
-    def run(self, handler: Handler, complete: Callable[[Any, Context | None], Any]) -> Any:
-        """In the instance's thread: call ``handler`` and ``complete`` what it returns. An engine whose
-        requests carry more (a channel back to their gateway) overrides it."""
-        return complete(handler(self.params, self.context), self.context)
+    def run(self, handler: Handler) -> Any:
+        """In the instance's thread: what ``handler`` answers this request with, a value or an awaitable
+        (run as a task on the instance's loop). An engine whose requests carry more overrides it."""
+        return handler(self.params, self.context)
+
+    def cancel(self) -> None:
+        """Cancel its handler's task, if it awaits (from any thread)."""
+        task = self.task
+        if task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the task is over
+                task.get_loop().call_soon_threadsafe(task.cancel)
+
+
+class _Marks:
+    """What an instance's actor shows the watchdog: ``busy_since``, when its thread began something that
+    holds it (a ``def`` handler, making the agent instance); ``turned_at``, the last beat of its loop
+    while calls await on it."""
+
+    __slots__ = ("busy_since", "turned_at")
+
+    def __init__(self) -> None:
+        self.busy_since: float | None = None
+        self.turned_at: float | None = None
 
 
 class _Slot:
     """One of an agent's instances. ``generation`` counts the actors that filled it: an actor whose
-    generation is no longer its slot's has been abandoned and must neither answer nor take work."""
+    generation is no longer its slot's has been abandoned and must neither answer nor take work.
+    ``marks``: what the watchdog reads of its current actor (a new object with each actor, so that an
+    abandoned one writes only to its own)."""
 
-    __slots__ = ("busy_since", "current", "generation", "ref", "state")
+    __slots__ = ("calls", "generation", "listed", "marks", "ref", "state")
 
     def __init__(self) -> None:
         self.ref: pykka.ActorRef[_Instance] | None = None
         self.generation = 0
         self.state = AgentState.STARTING
-        self.busy_since: float | None = None
-        self.current: Call | None = None
+        self.marks = _Marks()
+        self.calls: set[Call] = set()
+        self.listed = False
 
 
 class AgentCell:
@@ -92,15 +133,20 @@ class AgentCell:
         *,
         concurrency: int,
         mailbox_size: int,
+        max_in_flight: int = 1,
     ) -> None:
         self.agent_id = agent_id
         self.factory = factory
         self.supervisor = supervisor
         self.hang_after_s = supervisor.hang_after_s(agent_id)
         self.mailbox_size = mailbox_size
+        self.max_in_flight = max_in_flight
         self.lock = threading.Lock()
         self._queue: deque[Call] = deque()
-        self._idle: list[_Slot] = []
+        self._after: dict[str, deque[Call]] = {}
+        """The conversations with a call queued or running: their later calls, in order."""
+        self._waiting = 0
+        self._available: list[_Slot] = []
         self._slots = [_Slot() for _ in range(concurrency)]
         self._stops: list[pykka.Future[Any]] = []
         self.failed = False
@@ -119,43 +165,56 @@ class AgentCell:
                 slot.ref = _Instance.start(self, slot, 0.0)
 
     def submit(self, call: Call) -> ErrorObject | None:
-        """Hand ``call`` to an idle instance or queue it; returns the refusal to answer instead, if any
-        (failed -41002, stopping -41002, mailbox full -44007)."""
+        """Hand ``call`` to an instance with room or queue it; returns the refusal to answer instead, if
+        any (failed -41002, stopping -41002, mailbox full -44007)."""
         with self.lock:
             if self.failed:
                 return self.not_available(FAILED)
             if self.stopping:
                 return self.not_available("is stopping: the server is shutting down")
-            if not self._idle:
-                if len(self._queue) >= self.mailbox_size:
+            key = call.key
+            later = key is not None and key in self._after
+            if later or not self._available:
+                if self._waiting >= self.mailbox_size:
                     return mailbox_full(self.agent_id, self.mailbox_size)
+                self._waiting += 1
+                if later:
+                    self._after[key].append(call)
+                    return None
+                if key is not None:
+                    self._after[key] = deque()
                 self._queue.append(call)
                 return None
-            slot = self._idle.pop()
-            slot.current, slot.busy_since = call, time.monotonic()
-            try:
-                slot.ref.tell(call)
-            except pykka.ActorDeadError:
-                slot.current = slot.busy_since = None
-                return self.not_available("is stopped")
-        return None
+            if key is not None:
+                self._after[key] = deque()
+            if self._hand(self._available.pop(), call):
+                return None
+            self._release(key)
+            return self.not_available("is stopped")
 
     def withdraw(self, call: Call) -> bool:
-        """Take ``call`` out of the mailbox if no instance has started it; returns whether it was."""
+        """Its caller was answered already (a request timeout): a call still waiting is taken out of the
+        mailbox (returns True); a running one's task is cancelled, if it awaits."""
         with self.lock:
-            try:
-                self._queue.remove(call)
-            except ValueError:
-                return False
-            return True
+            call.done = True
+            waiting = call.started_at is None and self._unqueue(call)
+        if not waiting:
+            call.cancel()
+        return waiting
 
     def check_hangs(self, now: float) -> None:
-        """The watchdog's look at this agent: a request or an ``on_start`` running past the hang threshold
-        is answered -41006 and its instance abandoned, as the supervisor decides."""
+        """The watchdog's look at this agent: a call running past the hang threshold is answered -41006
+        and its task cancelled; a thread held that long (or a loop that stopped turning) is abandoned."""
+        threshold = self.hang_after_s
         for slot in self._slots:
-            since = slot.busy_since
-            if since is not None and now - since > self.hang_after_s:
-                self._abandon(slot, since)
+            marks = slot.marks
+            since, turned = marks.busy_since, marks.turned_at
+            if (since is not None and now - since > threshold) or (turned is not None and now - turned > threshold):
+                self._abandon(slot, marks)
+            for call in tuple(slot.calls):
+                started = call.started_at
+                if call.task is not None and started is not None and now - started > threshold:
+                    self._cut(call)
 
     def restart(self) -> None:
         """Bring a failed agent back with fresh instances and a forgotten failure history."""
@@ -178,22 +237,28 @@ class AgentCell:
     @property
     def has_work(self) -> bool:
         """Whether a request is queued or running."""
-        return bool(self._queue) or any(slot.current is not None for slot in self._slots)
+        return bool(self._waiting) or any(slot.calls for slot in self._slots)
 
     def answer_unserved(self, why: str) -> int:
-        """Answer every queued and running request -41002 (``why``), as a drain's deadline does; returns
-        how many there were. A running one's own answer, should it come, is then discarded."""
+        """Answer every queued and running request -41002 (``why``), as a drain's deadline does, and cancel
+        the running ones' tasks; returns how many there were."""
         with self.lock:
-            calls = [*self._queue, *(slot.current for slot in self._slots if slot.current is not None)]
-            self._queue.clear()
+            calls = [*self._take_waiting(), *(call for slot in self._slots for call in slot.calls if not call.done)]
+            for call in calls:
+                call.done = True
         for call in calls:
+            call.cancel()
             call.reply(self.not_available(why))
         return len(calls)
 
     def stop(self) -> None:
-        """Stop every instance after what it is serving (``on_stop`` in its thread); refuse new requests."""
+        """Stop every instance once its calls in flight are over (``on_stop`` in its thread); refuse new
+        requests."""
         with self.lock:
             self.stopping = True
+            self._available.clear()
+            for slot in self._slots:
+                slot.listed = False
             self._stops = [slot.ref.stop(block=False) for slot in self._slots if slot.ref is not None]
 
     def wait_stopped(self, deadline: float) -> bool:
@@ -223,13 +288,12 @@ class AgentCell:
         # of these at once.
         busy = 0
         for slot in self._slots:
-            if slot.current is not None:
-                busy += 1
+            busy += len(slot.calls)
         return AgentStatus(
             state=self.state,
             restarts=self.restarts,
             escalations=self.escalations,
-            mailbox=len(self._queue),
+            mailbox=self._waiting,
             busy=busy,
             uptime_s=int((time.monotonic() - self.started_at) * 1000) / 1000,
             last_crash=self.last_crash,
@@ -238,36 +302,130 @@ class AgentCell:
     def not_available(self, why: str) -> ErrorObject:
         return not_available(self.agent_id, why, self.last_crash)
 
-    # -- from the instances' threads and the watchdog (the lock held where it says so) --
+    # -- the mailbox (the lock held) --
 
-    def _next(self, slot: _Slot, generation: int) -> Call | None:
-        """The next queued call for an instance that is free, or None: it waits for a ``tell``."""
-        with self.lock:
-            if generation != slot.generation or self.failed:
-                return None
-            if self._queue:
-                call = slot.current = self._queue.popleft()
-                slot.busy_since = time.monotonic()
-                return call
-            self._idle.append(slot)
-            return None
+    def _hand(self, slot: _Slot, call: Call) -> bool:
+        """Start ``call`` on ``slot``, taken off the available list, with a ``tell``."""
+        slot.listed = False
+        self._begin(slot, call)
+        try:
+            slot.ref.tell(call)
+        except pykka.ActorDeadError:
+            slot.calls.discard(call)
+            call.started_at = None
+            return False
+        return True
+
+    @staticmethod
+    def _begin(slot: _Slot, call: Call) -> None:
+        call.started_at = time.monotonic()
+        slot.calls.add(call)
+
+    def _dispatch(self, call: Call) -> None:
+        """A call whose turn has come (the previous one of its conversation is over): to an instance with
+        room, else first in the queue."""
+        while self._available:
+            if self._hand(self._available.pop(), call):
+                return
+        self._queue.appendleft(call)
+        self._waiting += 1
+
+    def _release(self, key: str | None) -> None:
+        """The call of conversation ``key`` ahead of the others is over: its next one's turn."""
+        if key is None:
+            return
+        later = self._after.get(key)
+        if later:
+            self._waiting -= 1
+            self._dispatch(later.popleft())
+        elif later is not None:
+            del self._after[key]
+
+    def _unqueue(self, call: Call) -> bool:
+        """Take a call that has not started out of the mailbox; returns whether it was there."""
+        later = self._after.get(call.key) if call.key is not None else None
+        if later is not None and call in later:
+            later.remove(call)
+        else:
+            try:
+                self._queue.remove(call)
+            except ValueError:
+                return False
+            self._release(call.key)
+        self._waiting -= 1
+        return True
+
+    def _take_waiting(self) -> list[Call]:
+        calls = [*self._queue, *(call for later in self._after.values() for call in later)]
+        self._queue.clear()
+        self._after.clear()
+        self._waiting = 0
+        return calls
 
     def _fail(self) -> list[Call]:
-        """With the lock held: give up on the agent. Returns the queued calls, for the caller to answer
-        -41002 once the lock is released."""
+        """Give up on the agent. Returns the waiting calls, for the caller to answer -41002 once the lock
+        is released; the calls in flight are finished by their instances, which then stop."""
         self.failed = True
         self.escalations += 1
-        self._idle.clear()
+        self._available.clear()
         for slot in self._slots:
+            slot.listed = False
             if slot.ref is not None and slot.ref.is_alive():
                 slot.ref.stop(block=False)
-        queued = list(self._queue)
-        self._queue.clear()
-        return queued
+        return self._take_waiting()
+
+    def _replace(self, slot: _Slot, delay_s: float) -> None:
+        """Abandon the slot's actor for a new one, started after ``delay_s``."""
+        slot.generation += 1
+        slot.marks = _Marks()
+        slot.calls = set()
+        slot.state = AgentState.RESTARTING
+        if slot.listed:
+            slot.listed = False
+            self._available.remove(slot)
+        slot.ref = _Instance.start(self, slot, delay_s)
+
+    # -- from the instances' threads and the watchdog --
 
     def _refuse(self, calls: Iterable[Call]) -> None:
         for call in calls:
             call.reply(self.not_available(FAILED))
+
+    def _next(self, slot: _Slot, generation: int) -> Call | None:
+        """The next queued call for an instance with room, or None: it waits for a ``tell``."""
+        with self.lock:
+            if generation != slot.generation or self.failed or slot.state is not AgentState.RUNNING:
+                return None
+            if len(slot.calls) >= self.max_in_flight:
+                return None
+            if self._queue:
+                call = self._queue.popleft()
+                self._waiting -= 1
+                self._begin(slot, call)
+                return call
+            if not slot.listed:
+                slot.listed = True
+                self._available.append(slot)
+            return None
+
+    def _finish(self, slot: _Slot, generation: int, call: Call) -> tuple[bool, Call | None]:
+        """A call's handler is over: whether this instance answers it (nobody has), and the next call of
+        its conversation when it is this instance's to run."""
+        with self.lock:
+            if generation != slot.generation:
+                return False, None  # abandoned: the watchdog answered it and let its conversation go on
+            slot.calls.discard(call)
+            answers = not call.done
+            call.done = True
+            follower = None
+            later = self._after.get(call.key) if call.key is not None else None
+            if later and slot.state is AgentState.RUNNING and not self.failed:
+                follower = later.popleft()
+                self._waiting -= 1
+                self._begin(slot, follower)
+            elif not self.failed:
+                self._release(call.key)
+            return answers, follower
 
     def _supervise(self, slot: _Slot, generation: int, exc: BaseException) -> float | None:
         """Record a crash (or a failed start) and carry out the supervisor's decision: the restart
@@ -287,17 +445,31 @@ class AgentCell:
                     queued = self._fail()
             else:
                 slot.state = AgentState.RESTARTING
+                if slot.listed:
+                    slot.listed = False
+                    self._available.remove(slot)
                 self.restarts += 1
         self._refuse(queued)
         return None if self.failed or decision is None else decision.delay_s
 
-    def _abandon(self, slot: _Slot, since: float) -> None:
+    def _abandon(self, slot: _Slot, marks: _Marks) -> None:
+        """The slot's thread has been held past the hang threshold: answer its calls -41006 and, as the
+        supervisor decides, give the slot a new actor or fail the agent."""
         queued: list[Call] = []
+        now = time.monotonic()
         with self.lock:
-            if slot.busy_since != since:
-                return  # it finished after all, and moved on
-            interrupted = slot.current
-            reason = f"{interrupted.method if interrupted else 'on_start'} hung for more than {self.hang_after_s} s"
+            since, turned = marks.busy_since, marks.turned_at
+            held = (since is not None and now - since > self.hang_after_s) or (
+                turned is not None and now - turned > self.hang_after_s
+            )
+            if slot.marks is not marks or not held:
+                return  # it moved on after all
+            interrupted = [call for call in slot.calls if call.running and not call.done]
+            for call in interrupted:
+                call.done = True
+            handed = sorted((call for call in slot.calls if not call.running), key=_started_at, reverse=True)
+            what = ", ".join(sorted({call.method for call in interrupted})) or "on_start"
+            reason = f"{what} hung for more than {self.hang_after_s} s"
             logger.bind(agent_id=self.agent_id).error("watchdog: {} {}; abandoning its thread", self.agent_id, reason)
             self.last_crash = crash_record("Hang", reason)
             decision = self.supervisor.on_failure(self.agent_id, reason)
@@ -306,67 +478,141 @@ class AgentCell:
                 self.restarts += 1
             else:
                 slot.generation += 1
-                slot.busy_since = slot.current = None
+                slot.marks = _Marks()
+                slot.calls = set()
                 queued = self._fail()
+            if not self.failed:
+                for call in handed:  # never reached the stuck thread: served by the next instance
+                    call.started_at = None
+                    self._queue.appendleft(call)
+                    self._waiting += 1
+                for call in interrupted:
+                    self._release(call.key)
+            else:
+                queued += handed
         self._refuse(queued)
-        if interrupted is not None:
-            interrupted.reply(hung(self.agent_id, self.hang_after_s))
+        for call in interrupted:
+            task = call.task
+            if task is not None and task.done() and not task.cancelled():
+                call.reply(_judged(call, *task.result())[0])  # over, its answer not yet sent by the stuck thread
+            else:
+                call.reply(hung(self.agent_id, self.hang_after_s))
 
-    def _replace(self, slot: _Slot, delay_s: float) -> None:
-        """With the lock held: abandon the slot's actor for a new one, started after ``delay_s``."""
-        slot.generation += 1
-        slot.busy_since = slot.current = None
-        slot.state = AgentState.RESTARTING
-        slot.ref = _Instance.start(self, slot, delay_s)
+    def _cut(self, call: Call) -> None:
+        """A call awaiting past the hang threshold: answered -41006, its task cancelled."""
+        with self.lock:
+            if call.done:
+                return
+            call.done = True
+            reason = f"{call.method} hung for more than {self.hang_after_s} s"
+            self.last_crash = crash_record("Hang", reason)
+        logger.bind(agent_id=self.agent_id, trace_id=call.context.trace_id).error("watchdog: {}; cancelled", reason)
+        call.cancel()
+        call.reply(hung(self.agent_id, self.hang_after_s))
+
+
+class _Incarnation:
+    """One agent instance an actor made, with the calls in flight on it; a crash retires it (its
+    ``on_stop`` runs once the last of them is over)."""
+
+    __slots__ = ("agent", "calls", "handlers", "retired")
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.handlers = agent.handlers()
+        self.calls = 0
+        self.retired = False
+
+
+class _LoopInbox:
+    """The inbox of an :class:`_Instance`: while its actor has work on its event loop (handlers awaiting,
+    a restart's delay), ``get`` runs the loop until a message arrives, as pykka's gevent inbox once
+    yielded to the gevent hub; otherwise it waits on a ``SimpleQueue`` (in C: an agent of ``def``
+    handlers never pays for the loop). ``has_work`` is the actor's; the loop stops itself when idle."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.has_work: Callable[[], bool] = lambda: False
+        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._asleep = False
+
+    def put(self, envelope: Any) -> None:
+        self._items.put(envelope)
+        if self._asleep:  # read after the put: a getter going to sleep has set it, or sees the envelope
+            with contextlib.suppress(RuntimeError):  # closed: the actor is over, pykka answers for it
+                self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def get(self) -> Any:
+        while self.has_work():
+            self._asleep = True
+            try:
+                if not self._items.empty():
+                    break
+                self.loop.run_forever()
+            except BaseException as bug:  # noqa: BLE001 - pykka would stop every actor of the process
+                logger.opt(exception=bug).critical("an agent's event loop failed")
+            finally:
+                self._asleep = False
+        return self._items.get()
+
+    def empty(self) -> bool:
+        return self._items.empty()
 
 
 class _Instance(pykka.ThreadingActor):
-    """One instance of an agent in a thread of its own: it makes the agent instance, serves the calls
-    its cell hands it, one at a time, and is replaced when it hangs.
+    """One instance of an agent: a thread of its own running an event loop, which makes the agent
+    instance and serves the calls its cell hands it, up to the agent's ``max_in_flight`` at once.
 
-    The thread is a daemon, so a handler that never returns cannot keep the process alive. Its event
-    loop, for ``async def`` handlers, is made on first use: an agent with only ``def`` handlers costs no
-    file descriptors."""
+    The thread is a daemon, so a handler that never returns cannot keep the process alive."""
 
     use_daemon_thread = True
 
-    @staticmethod
-    def _create_actor_inbox() -> queue.SimpleQueue[Any]:
+    def _create_actor_inbox(self) -> _LoopInbox:  # type: ignore[override]
         """The one place arc_actors builds on pykka's seam for actor types (``Actor._create_actor_inbox``,
-        "for implementors of new actor types", as ``ThreadingActor`` itself does): a ``SimpleQueue``, whose
-        put and get run in C, for ``ThreadingActor``'s ``queue.Queue`` and its Python-level Condition, on
-        the path of every request handed to an idle instance."""
-        return queue.SimpleQueue()
+        "for implementors of new actor types", as ``ThreadingActor`` and pykka's former gevent and
+        eventlet actors do): an inbox whose ``get`` runs the actor's asyncio loop while it waits
+        (:class:`_LoopInbox`), so that one thread both takes messages and runs the handlers' tasks. The
+        rest is pykka's public API: ``tell``, ``stop``, ``on_start``/``on_receive``/``on_stop``/``on_failure``."""
+        self._inbox = _LoopInbox()
+        return self._inbox
 
     def __init__(self, cell: AgentCell, slot: _Slot, delay_s: float) -> None:
         super().__init__()
+        self._loop = self._inbox.loop
+        self._inbox.has_work = self._has_work
+        self._pending = 0
+        """Other work of its own on the loop: timers (a restart's delay) and ``on_start``/``on_stop`` tasks."""
+        self._stopping = False
+        self._side: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        """Its calls' handler tasks."""
         self._cell = cell
         self._slot = slot
         self._generation = slot.generation
+        self._marks = slot.marks
         self._delay_s = delay_s
-        self._agent: Agent | None = None
-        self._handlers: dict[str, Handler] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._incarnation: _Incarnation | None = None
+        self._awaiting = 0
+        self._beating = False
+        self._beat_s = min(1.0, max(0.01, cell.hang_after_s / WATCHDOG_TICKS_PER_THRESHOLD))
 
     @property
     def _abandoned(self) -> bool:
         return self._generation != self._slot.generation
 
+    # -- pykka's hooks --
+
     def on_start(self) -> None:
-        try:
-            if self._start(self._delay_s):
-                self._take_next()
-            elif self._abandoned:
-                self.stop()
-        except Exception as bug:  # noqa: BLE001 - pykka would stop this actor silently
-            self.on_failure(type(bug), bug, bug.__traceback__)
+        self._later(self._delay_s, self._make)
 
     def on_receive(self, message: Any) -> None:
-        call: Call | None = message
-        while call is not None and self._serve(call):
-            call = self._cell._next(self._slot, self._generation)
         if self._abandoned:
             self.stop()
+        elif self._incarnation is None:
+            self._requeue(message)
+        else:
+            self._serve(message)
+            self._fill()
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         """A failure of the runtime's own code in this thread: the agent is given up on visibly rather
@@ -374,123 +620,276 @@ class _Instance(pykka.ThreadingActor):
         cell = self._cell
         logger.bind(agent_id=cell.agent_id).opt(exception=exception_value).critical("agent instance failed")
         with cell.lock:
-            current = None if self._abandoned else self._slot.current
+            current = [] if self._abandoned else [call for call in self._slot.calls if not call.done]
+            for call in current:
+                call.done = True
             queued = [] if cell.failed else cell._fail()
-        cell._refuse([*queued, *([current] if current is not None else [])])
-        self._release()
+        cell._refuse([*queued, *current])
 
     def on_stop(self) -> None:
+        self._stopping = True
         with self._cell.lock:
             if not self._abandoned:
                 self._slot.state = AgentState.STOPPED
-        self._release()
-        if self._loop is not None:
-            self._loop.close()
-            self._loop = None
+        tasks = set(self._tasks)
+        if tasks:  # what is in flight ends first: answered or cut by the watchdog (an abandoned one's: cut now)
+            if self._abandoned:
+                for task in tasks:
+                    task.cancel()
+            self._loop.run_until_complete(asyncio.wait(tasks))
+        if self._incarnation is not None:
+            self._release(self._incarnation)
+        if self._side:  # an async on_stop (or on_start) ends first
+            self._loop.run_until_complete(asyncio.wait(set(self._side)))
+        with contextlib.suppress(Exception):
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        self._loop.close()
 
-    def _take_next(self) -> None:
-        call = self._cell._next(self._slot, self._generation)
-        if call is not None:
-            self.actor_ref.tell(call)
+    # -- making the agent instance (on the loop) --
 
-    def _serve(self, call: Call) -> bool:
-        """Serve ``call``; returns whether this instance goes on taking calls."""
+    def _has_work(self) -> bool:
+        return bool(self._awaiting or self._pending)
+
+    def _idle_check(self) -> None:
+        """On the loop: stop it once nothing of ours is left on it (the inbox then waits in C)."""
+        if not (self._awaiting or self._pending or self._stopping):
+            self._marks.turned_at = None  # not stuck: idle (its beat goes on when the loop runs again)
+            self._loop.stop()
+
+    def _later(self, delay_s: float, callback: Callable[[], None]) -> None:
+        self._pending += 1
+
+        def due() -> None:
+            self._pending -= 1
+            callback()
+            self._idle_check()
+
+        self._loop.call_later(delay_s, due)
+
+    def _spawn(self, awaitable: Awaitable[Any], done: Callable[[asyncio.Task[Any]], None]) -> None:
+        """Run ``awaitable`` as a task on the loop (``on_start``, ``on_stop``); ``done`` gets it, over."""
+        self._pending += 1
+
+        def over(task: asyncio.Task[Any]) -> None:
+            self._pending -= 1
+            self._side.discard(task)
+            done(task)
+            self._idle_check()
+
+        task = self._loop.create_task(_settled(awaitable))
+        self._side.add(task)
+        task.add_done_callback(over)
+
+    def _make(self) -> None:
+        """Make a fresh agent instance; a failing start is a crash like any other."""
+        cell = self._cell
+        with cell.lock:
+            if self._abandoned or cell.failed:
+                return
+            self._marks.busy_since = time.monotonic()
+        try:
+            agent = cell.factory()
+            started = agent.on_start()
+        except BaseException as exc:  # noqa: BLE001 - whatever on_start raises stays in this agent
+            self._start_failed(exc)
+            return
+        if inspect.isawaitable(started):
+            self._spawn(started, partial(self._started, agent))
+        else:
+            self._started(agent, None)
+
+    def _started(self, agent: Agent, task: asyncio.Task[tuple[Any, BaseException | None]] | None) -> None:
+        failure = None if task is None else _failure(task)
+        if failure is None:
+            try:
+                incarnation = _Incarnation(agent)
+            except BaseException as exc:  # noqa: BLE001 - handlers() is the agent's code too
+                failure = exc
+        if failure is not None:
+            self._start_failed(failure)
+            return
         cell, slot = self._cell, self._slot
-        outcome, crash = _serve_request(call, self._handlers[call.method], self._complete)
         with cell.lock:
             if self._abandoned:
-                return False  # the watchdog answered this request already
-            slot.busy_since = slot.current = None
-        if crash is None:
-            call.reply(outcome)
-            return True
-        # Decide and count the restart before answering, so /health agrees with what the caller saw.
-        delay_s = cell._supervise(slot, self._generation, crash)
-        call.reply(outcome)
-        self._release()
-        return delay_s is not None and self._start(delay_s)
-
-    def _start(self, delay_s: float) -> bool:
-        """Make a fresh agent instance after ``delay_s``; a failing start is a crash like any other.
-        Returns whether this instance has one and is still in charge of its slot."""
-        cell, slot = self._cell, self._slot
-        while True:
-            if delay_s > 0:  # sleep(0) is still a system call and a hand-over of the GIL
-                time.sleep(delay_s)
-            with cell.lock:
-                if self._abandoned or cell.failed:
-                    return False
-                slot.busy_since = time.monotonic()
-            try:
-                self._agent = cell.factory()
-                self._complete(self._agent.on_start(), None)
-                self._handlers = self._agent.handlers()
-            except BaseException as exc:  # noqa: BLE001 - whatever on_start raises stays in this agent
-                logger.bind(agent_id=cell.agent_id).opt(exception=exc).error("agent failed to start")
-                self._agent, self._handlers = None, {}
-                next_delay_s = cell._supervise(slot, self._generation, exc)
-                if next_delay_s is None:
-                    return False
-                delay_s = next_delay_s
-                continue
-            with cell.lock:
-                if self._abandoned:
-                    return False
-                slot.busy_since = None
+                abandoned = True
+            else:
+                abandoned = False
+                self._marks.busy_since = None
                 slot.state = AgentState.RUNNING
                 cell.started_at = time.monotonic()
-            return True
-
-    def _release(self) -> None:
-        agent, self._agent, self._handlers = self._agent, None, {}
-        if agent is None:
+        self._incarnation = incarnation
+        if abandoned:
+            self._release(incarnation)
+            self.stop()
             return
+        self._fill()
+
+    def _start_failed(self, exc: BaseException) -> None:
+        logger.bind(agent_id=self._cell.agent_id).opt(exception=exc).error("agent failed to start")
+        self._marks.busy_since = None
+        delay_s = self._cell._supervise(self._slot, self._generation, exc)
+        if delay_s is not None:
+            self._later(delay_s, self._make)
+        elif self._abandoned:
+            self.stop()
+
+    def _release(self, incarnation: _Incarnation) -> None:
+        """Run the agent instance's ``on_stop`` (an awaitable one as a task)."""
+        if self._incarnation is incarnation:
+            self._incarnation = None
         try:
-            self._complete(agent.on_stop(), None)
+            stopped = incarnation.agent.on_stop()
+            if inspect.isawaitable(stopped):
+                self._spawn(stopped, self._log_stop_failure)
         except BaseException as exc:  # noqa: BLE001 - logged, and even SystemExit stops only this instance
             logger.bind(agent_id=self._cell.agent_id).opt(exception=exc).error("on_stop raised")
 
-    def _complete(self, value: Any, context: Context | None) -> Any:
-        """What a handler (or hook) returned, run to its end: an async generator streamed to the
-        request's ``context.stream`` (or joined), an awaitable awaited on this thread's own loop."""
-        if type(value) in PLAIN_RESULTS:
-            return value
-        if inspect.isasyncgen(value):
-            value = streamed(value, None if context is None else context.stream)
-        if not inspect.isawaitable(value):
-            return value
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        return run_to_completion(self._loop, value)
+    def _log_stop_failure(self, task: asyncio.Task[tuple[Any, BaseException | None]]) -> None:
+        failure = _failure(task)
+        if failure is not None:
+            logger.bind(agent_id=self._cell.agent_id).opt(exception=failure).error("on_stop raised")
+
+    # -- serving calls --
+
+    def _fill(self) -> None:
+        """Take calls while there is room: at once while nothing awaits (an agent of ``def`` handlers pays
+        no loop turn), else one per turn of the loop, so that the awaiting handlers are not starved."""
+        while self._incarnation is not None:
+            call = self._cell._next(self._slot, self._generation)
+            if call is None:
+                return
+            self._serve(call)
+            if self._awaiting:
+                self._loop.call_soon(self._fill)
+                return
+
+    def _requeue(self, call: Call) -> None:
+        """A call handed to this instance while it was being restarted: back to the front of the queue."""
+        cell = self._cell
+        with cell.lock:
+            self._slot.calls.discard(call)
+            call.started_at = None
+            if not call.done:
+                cell._dispatch(call)
+
+    def _serve(self, call: Call) -> None:
+        incarnation = self._incarnation
+        call.running = True
+        incarnation.calls += 1
+        marks = self._marks
+        marks.busy_since = time.monotonic()
+        try:
+            value = call.run(incarnation.handlers[call.method])
+            if inspect.isasyncgen(value):
+                value = streamed(value, call.context.stream)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt stay in this agent
+            marks.busy_since = None
+            self._end(call, incarnation, None, exc)
+            return
+        marks.busy_since = None
+        if type(value) in PLAIN_RESULTS or not inspect.isawaitable(value):
+            self._end(call, incarnation, value, None)
+            return
+        call.running = False  # until its task's first step
+        task = call.task = self._loop.create_task(_settled(value, call))
+        self._tasks.add(task)
+        self._awaiting += 1
+        task.add_done_callback(partial(self._awaited, call, incarnation))
+        if not self._beating:
+            self._beating = True
+            self._beat()
+
+    def _awaited(
+        self, call: Call, incarnation: _Incarnation, task: asyncio.Task[tuple[Any, BaseException | None]]
+    ) -> None:
+        self._awaiting -= 1
+        self._tasks.discard(task)
+        if task.cancelled():
+            value, exc = None, asyncio.CancelledError()
+        else:
+            value, exc = task.result()
+        self._end(call, incarnation, value, exc)
+        self._fill()
+        self._idle_check()
+
+    def _end(self, call: Call, incarnation: _Incarnation, value: Any, exc: BaseException | None) -> None:
+        """A call's handler is over: answer it (unless the watchdog or its timeout did) and carry out what
+        a crash means; then, its conversation's next call."""
+        cell, slot = self._cell, self._slot
+        outcome, crash = _judged(call, value, exc)
+        if call.done and isinstance(crash, asyncio.CancelledError):
+            crash = None  # cancelled because its caller was answered already: no crash
+        incarnation.calls -= 1
+        current = incarnation is self._incarnation
+        delay_s = None
+        if crash is not None and current:
+            delay_s = cell._supervise(slot, self._generation, crash)
+        elif crash is not None:
+            cell.last_crash = crash_record(type(crash).__name__, str(crash))
+        answers, follower = cell._finish(slot, self._generation, call)
+        if answers:
+            call.reply(outcome)
+        if self._abandoned:
+            self.stop()
+            return
+        if crash is not None and current:
+            incarnation.retired = True
+            self._incarnation = None
+            if delay_s is not None:
+                self._later(delay_s, self._make)
+        if incarnation.retired and incarnation.calls == 0:
+            self._release(incarnation)
+        if follower is not None:
+            if self._incarnation is None:
+                self._requeue(follower)
+            else:
+                self._serve(follower)
+
+    def _beat(self) -> None:
+        """While calls await: mark that the loop turns, for the watchdog."""
+        if self._awaiting and not self._abandoned:
+            self._marks.turned_at = time.monotonic()
+            self._loop.call_later(self._beat_s, self._beat)
+        else:
+            self._beating = False
+            self._marks.turned_at = None
 
 
-def _serve_request(
-    call: Call, handler: Handler, complete: Callable[[Any, Context | None], Any]
-) -> tuple[Outcome, BaseException | None]:
-    """Run ``call`` with ``handler`` and encode its result. Returns the outcome and, when the handler
-    crashed (anything but an ``ARCError``), the crash."""
+async def _settled(awaitable: Awaitable[Any], call: Call | None = None) -> tuple[Any, BaseException | None]:
+    """``awaitable``'s result and the exception it raised: even ``SystemExit`` stays a value here (a task
+    lets it out of the loop, and pykka would then stop every actor); a cancellation stays one. ``call``,
+    when given, is marked running from the task's first step."""
+    if call is not None:
+        call.running = True
     try:
-        return msgspec.Raw(encoder.encode(call.run(handler, complete))), None
-    except ARCError as exc:
-        return exc.to_error_object(), None
-    except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt stay in this agent
+        return await awaitable, None
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - judged by the cell: an answer or a crash
+        return None, exc
+
+
+def _started_at(call: Call) -> float:
+    return call.started_at or 0.0
+
+
+def _failure(task: asyncio.Task[tuple[Any, BaseException | None]]) -> BaseException | None:
+    if task.cancelled():
+        return asyncio.CancelledError()
+    return task.result()[1]
+
+
+def _judged(call: Call, value: Any, exc: BaseException | None) -> tuple[Outcome, BaseException | None]:
+    """The outcome of a call's handler and, when it crashed (anything but an ``ARCError``), the crash."""
+    try:
+        if exc is not None:
+            raise exc
+        return msgspec.Raw(encoder.encode(value)), None
+    except ARCError as error:
+        return error.to_error_object(), None
+    except BaseException as crash:  # noqa: BLE001 - SystemExit and KeyboardInterrupt stay in this agent
         context = call.context
-        return internal_error(exc, context.target_agent, context.trace_id, context.method), exc
-
-
-def run_to_completion(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[Any]) -> Any:
-    """Run ``awaitable`` to its end as a task on ``loop``, an agent thread's own loop, not running.
-
-    Most handlers finish without waiting on anything: one turn of the loop runs the task's first step,
-    and only a task still waiting then runs the loop until it is done (``run_until_complete`` alone costs
-    some 10 µs of bookkeeping more, per request). What a finished handler left to the loop (a timer, a
-    callback) runs with the loop's next turn."""
-    task = asyncio.ensure_future(awaitable, loop=loop)
-    loop.call_soon(loop.stop)
-    loop.run_forever()
-    if task.done():
-        return task.result()
-    return loop.run_until_complete(task)
+        return internal_error(crash, context.target_agent, context.trace_id, context.method), crash
 
 
 async def watch_for_hangs(cells: Iterable[AgentCell]) -> None:

@@ -36,6 +36,7 @@ class AgentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     request_timeout_s: float | msgspec.UnsetType = UNSET
     restart_policy: RestartPolicy | msgspec.UnsetType = UNSET
     managed_chats: bool | msgspec.UnsetType = UNSET
+    max_in_flight: int | msgspec.UnsetType = UNSET
 
 
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

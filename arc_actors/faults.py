@@ -352,7 +352,7 @@ class FaultInjector:
         """``handler`` with the faults armed for ``agent_id``'s ``method`` (read at each call) drawn first."""
 
         def with_faults(params: dict[str, Any], context: Context) -> Any:
-            if self._plan.faults_for(agent_id, method):
+            if context.faults is None and self._plan.faults_for(agent_id, method):  # once per request
                 context.faults = tuple(self.draw(agent_id, method))
             return handler(params, context)
 

@@ -170,7 +170,12 @@ class Metrics:
     def _collect_agents(self) -> Iterator[Metric]:
         mailbox = GaugeMetricFamily(
             "arc_agent_mailbox",
-            "Requests waiting in the agent's mailbox behind the one being served.",
+            "Requests waiting in the agent's mailbox, not yet taken by an instance.",
+            labels=["agent"],
+        )
+        in_flight = GaugeMetricFamily(
+            "arc_agent_in_flight",
+            "Requests an instance of the agent has taken and not yet answered (awaiting, or running).",
             labels=["agent"],
         )
         restarts = CounterMetricFamily(
@@ -188,12 +193,13 @@ class Metrics:
         for agent_id in self._router.agent_ids:
             status = self._router.status(agent_id)
             mailbox.add_metric([agent_id], status.mailbox)
+            in_flight.add_metric([agent_id], status.busy)
             restarts.add_metric([agent_id], status.restarts)
             escalations.add_metric([agent_id], status.escalations)
             for each in AgentState:
                 state.add_metric([agent_id, each.value], 1 if status.state is each else 0)
             failed += status.state is AgentState.FAILED
-        yield from (mailbox, restarts, escalations, state)
+        yield from (mailbox, in_flight, restarts, escalations, state)
         yield GaugeMetricFamily(
             "arc_agents_failed",
             "Agents given up on by their supervisor (escalated), awaiting a restart by hand.",

@@ -43,6 +43,7 @@ class PykkaEngine:
             self._supervisor,
             concurrency=spec.concurrency,
             mailbox_size=spec.mailbox_size or self._default_mailbox_size,
+            max_in_flight=spec.max_in_flight,
         )
         self._cells[spec.agent_id] = cell
         self._timeouts[spec.agent_id] = spec.request_timeout_s or self._default_request_timeout_s

@@ -220,7 +220,8 @@ class RayEngine:
         cell.in_flight.add(future)
         future.add_done_callback(cell.in_flight.discard)
         answering = self._background(self._answer(cell, method, params, context, future))
-        future.add_done_callback(lambda done: done.cancelled() and answering.cancel())
+        # answered otherwise (its timeout, a drain) or given up on: the host withdraws or cancels it
+        future.add_done_callback(lambda _: answering.done() or answering.cancel())
         if cell.request_timeout_s is not None:
             answer_in_time(future, cell.request_timeout_s, partial(timed_out, agent_id, cell.request_timeout_s))
         return future
@@ -496,7 +497,7 @@ class RayEngine:
                 name=spec.agent_id,
                 namespace=self._namespace,
                 get_if_exists=True,
-                max_concurrency=cell.mailbox_size + spec.concurrency + CONTROL_CALLS,
+                max_concurrency=cell.mailbox_size + spec.concurrency * spec.max_in_flight + CONTROL_CALLS,
             ).remote(
                 spec.agent_id,
                 factory,
@@ -506,6 +507,7 @@ class RayEngine:
                 spec.concurrency,
                 cell.mailbox_size,
                 self._supervisor.failure_ages(spec.agent_id),
+                max_in_flight=spec.max_in_flight,
             )
             cell.owned = True
         self._background(self._await_host(cell, cell.generation))

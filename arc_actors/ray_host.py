@@ -257,24 +257,33 @@ class _HostCall(Call):
         super().__init__(method, params, context, reply)
         self.exchange = exchange
 
-    def run(self, handler: Handler, complete: Callable[[Any, Context | None], Any]) -> Any:
-        exchange = self.exchange
+    def run(self, handler: Handler) -> Any:
         try:
             value = handler(self.params, self.context)
-            if inspect.isasyncgen(value):
-                value = streamed(value, self.context.stream)
-            if inspect.isawaitable(value):
-                value = exchange.guard(value)
-            return complete(value, self.context)
-        except (asyncio.CancelledError, TaskCancelled):
-            if not exchange.cancelled.is_set():
-                raise
+        except Exception as exc:  # noqa: BLE001 - judged: a task's failure, a cancellation, or a crash
+            return self._judged(exc)
+        if inspect.isasyncgen(value):
+            value = streamed(value, self.context.stream)
+        if inspect.isawaitable(value):
+            return self._judged_later(self.exchange.guard(value))
+        return value
+
+    async def _judged_later(self, awaitable: Awaitable[Any]) -> Any:
+        try:
+            return await awaitable
+        except (asyncio.CancelledError, Exception) as exc:  # noqa: BLE001 - judged as a synchronous one
+            return self._judged(exc)
+
+    def _judged(self, exc: BaseException) -> Any:
+        """A cancellation by the gateway is an ARC error, not a crash; in a managed task's run, what the
+        handler raised is kept for the gateway's task book (None answers meanwhile)."""
+        exchange = self.exchange
+        if isinstance(exc, asyncio.CancelledError | TaskCancelled) and exchange.cancelled.is_set():
             raise ARCError(ErrorCode.INTERNAL_ERROR, "Request cancelled by its gateway") from None
-        except Exception as exc:
-            if exchange.errand.task_id is None:
-                raise
-            exchange.raised = exc
-            return None
+        if exchange.errand.task_id is None or not isinstance(exc, Exception):
+            raise exc
+        exchange.raised = exc
+        return None
 
 
 class AgentHost:
@@ -291,6 +300,7 @@ class AgentHost:
         mailbox_size: int,
         failure_ages: list[float],
         gateway_silent_s: float = GATEWAY_SILENT_S,
+        max_in_flight: int = 1,
     ) -> None:
         sys.path.extend(entry for entry in sys_path if entry not in sys.path)  # where the agent's modules are
         from ray import cloudpickle
@@ -304,6 +314,7 @@ class AgentHost:
             self._supervisor,
             concurrency=concurrency,
             mailbox_size=mailbox_size,
+            max_in_flight=max_in_flight,
         )
         self._seq = 0
         self._log = logger.bind(agent_id=agent_id)

@@ -285,10 +285,12 @@ class Server:
         mailbox_size: int | None = None,
         request_timeout_s: float | None = None,
         managed_chats: bool | None = None,
+        max_in_flight: int | None = None,
     ) -> Callable[[H], H]:
         """Declare ``async def handler(params, context)`` (or a plain ``def``) as ``agent_id``'s
         handler of ARC ``method``. All handlers of one agent id share one agent, and its options
-        (``policy``, ``concurrency``, ``mailbox_size``, ``request_timeout_s``, ``managed_chats``): any of
+        (``policy``, ``concurrency``, ``mailbox_size``, ``request_timeout_s``, ``managed_chats``,
+        ``max_in_flight``): any of
         its handlers may carry them, two different values of one option are an error."""
         if agent_id in self._classes:
             raise ValueError(f"agent {agent_id!r} is already added as {self._classes[agent_id]!r}")
@@ -299,6 +301,7 @@ class Server:
             "mailbox_size": mailbox_size,
             "request_timeout_s": request_timeout_s,
             "managed_chats": managed_chats,
+            "max_in_flight": max_in_flight,
         }
         for name, value in given.items():
             if value is not None and options.setdefault(name, value) != value:
@@ -325,15 +328,25 @@ class Server:
         mailbox_size: int | None = None,
         request_timeout_s: float | None = None,
         managed_chats: bool | None = None,
+        max_in_flight: int | None = None,
         **kwargs: Any,
     ) -> None:
         """Serve an ``Agent`` subclass; each (re)start makes ``agent_class(*args, **kwargs)``.
 
-        ``agent_id``, ``policy``, ``concurrency``, ``mailbox_size``, ``request_timeout_s`` and
-        ``managed_chats`` default to the class attributes of the same names (``restart_policy`` for
-        ``policy``)."""
+        ``agent_id``, ``policy``, ``concurrency``, ``mailbox_size``, ``request_timeout_s``,
+        ``managed_chats`` and ``max_in_flight`` default to the class attributes of the same names
+        (``restart_policy`` for ``policy``)."""
         spec = AgentSpec.of_class(
-            agent_class, agent_id, args, kwargs, policy, concurrency, mailbox_size, request_timeout_s, managed_chats
+            agent_class,
+            agent_id,
+            args,
+            kwargs,
+            policy,
+            concurrency,
+            mailbox_size,
+            request_timeout_s,
+            managed_chats,
+            max_in_flight,
         )
         if spec.agent_id in self._classes or spec.agent_id in self._handlers:
             raise ValueError(f"agent {spec.agent_id!r} is already declared on this server")

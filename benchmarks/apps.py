@@ -6,6 +6,7 @@ the only difference between the two is the runtime in between.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -31,6 +32,8 @@ BLOCK_ENV = "ARC_BENCH_BLOCK_S"
 SLOW_HANDLER_S = 0.005
 """The flooded neighbour's service time: 200 requests a second at most, far fewer than its flood."""
 BURN_S = 0.05
+LATENCY_ENV = "ARC_BENCH_LATENCY_S"
+"""How long the waiting agents' handlers await (``io_bound.py``), standing in for an LLM call."""
 
 
 class EchoAgent(Agent):
@@ -103,6 +106,29 @@ class BurningAgent(Agent):
         while time.perf_counter() < deadline:
             pass
         return CHAT_RESULT
+
+
+class WaitingAgent(Agent):
+    """Awaits ``ARC_BENCH_LATENCY_S`` per chat.start, as an agent waiting on an LLM does."""
+
+    agent_id = "llm-agent"
+    managed_chats = False  # the same work as the reference's handler: no chat record
+
+    def __init__(self) -> None:
+        self.latency_s = float(os.environ.get(LATENCY_ENV, "0.1"))
+
+    async def chat_start(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
+        await asyncio.sleep(self.latency_s)
+        return CHAT_RESULT
+
+
+def waiting_agents() -> Server:
+    """The I/O-bound server: the waiting agent, and its twin serving one request at a time (as every
+    agent did before interleaving)."""
+    server = Server(server_id="bench-server", mailbox_size=5000)
+    server.add_agent(WaitingAgent, max_in_flight=1000)
+    server.add_agent(WaitingAgent, agent_id="strict-llm-agent", max_in_flight=1)
+    return server
 
 
 def echo_agents() -> Server:

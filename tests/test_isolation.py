@@ -78,7 +78,7 @@ def test_blocking_agent_does_not_delay_fifty_concurrent_requests_to_another_agen
         client = Client(url)
         blocked = asyncio.ensure_future(post(url, envelope("blocking-agent", "work.run")))
         queued = asyncio.ensure_future(post(url, envelope("blocking-agent", "work.run", params={"seconds": 0})))
-        await wait_for(lambda: mailbox_depth(client, "blocking-agent", 1))
+        await wait_for(lambda: in_flight(client, "blocking-agent", 2))  # the second waits behind the first
         started = time.monotonic()
         answers = await asyncio.gather(*(post(url, envelope("fast-agent", "work.run", id=i)) for i in range(50)))
         elapsed = time.monotonic() - started
@@ -97,11 +97,16 @@ async def mailbox_depth(client: Client, agent_id: str, depth: int) -> bool:
     return (await client.health())["agents"][agent_id]["mailbox"] == depth
 
 
+async def in_flight(client: Client, agent_id: str, count: int) -> bool:
+    """True once ``count`` requests are in flight on the agent's instance (its ``busy`` in /health)."""
+    return (await client.health())["agents"][agent_id]["busy"] == count
+
+
 def test_health_answers_at_once_while_an_agent_is_blocked(url):
     async def scenario() -> None:
         blocked = [asyncio.ensure_future(post(url, envelope("blocking-agent", "work.run", id=i))) for i in range(2)]
         client = Client(url)
-        await wait_for(lambda: mailbox_depth(client, "blocking-agent", 1))
+        await wait_for(lambda: in_flight(client, "blocking-agent", 2))  # the second waits behind the first
         started = time.monotonic()
         health = await client.health()
         elapsed = time.monotonic() - started

@@ -188,9 +188,11 @@ def test_mailbox_depth_and_in_flight_requests_are_read_while_an_agent_is_busy(se
     busy, answers, after = run(scenario())
 
     assert busy["arc_agent_mailbox"] == {("gate-agent",): 4}
+    assert busy["arc_agent_in_flight"] == {("gate-agent",): 1}
     assert busy["arc_requests_in_flight"] == {(): 5}
     assert [answer["error"] for answer in answers] == [None] * 5
     assert after["arc_agent_mailbox"] == {("gate-agent",): 0}
+    assert after["arc_agent_in_flight"] == {("gate-agent",): 0}
     assert after["arc_requests_in_flight"] == {(): 0}
     assert after["arc_requests_total"] == {("gate-agent", "ok", "gate.pass"): 5}
 

@@ -206,7 +206,9 @@ def test_cancel_reaches_the_running_handler_and_the_task_stays_canceled(serve, s
 
 
 class CountingSleeper(Sleeper):
-    """A sleeper that counts the task runs it started."""
+    """A sleeper that counts the task runs it started, one at a time (its second run waits in the mailbox)."""
+
+    max_in_flight = 1
 
     def __init__(self) -> None:
         super().__init__()

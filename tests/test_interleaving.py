@@ -1,0 +1,171 @@
+"""Agents that wait: ``async def`` handlers interleave at their awaits on one agent instance, up to
+``max_in_flight``; one conversation (chat or task) at a time; nothing lost or answered twice when a request
+among those in flight crashes or hangs; a caller that gives up cancels its handler. On either engine."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+
+import aiohttp
+import pytest
+from conftest import envelope, post, run
+
+from arc_actors import Agent, Client, RestartPolicy, Server, handles
+
+pytestmark = pytest.mark.usefixtures("engine")
+
+
+class Waiter(Agent):
+    """Awaits as an LLM call would, and keeps on ``self`` what a test needs to see of its requests."""
+
+    agent_id = "waiter"
+    restart_policy = RestartPolicy(hang_after_s=1.5, backoff_initial_s=0.01, backoff_jitter=0)
+
+    def on_start(self):
+        self.running = 0
+        self.most = 0
+        self.spans: list[tuple[str, float, float]] = []
+        self.cancelled: list[str] = []
+
+    @handles("work.wait")
+    async def wait(self, params, context):
+        self.running += 1
+        self.most = max(self.most, self.running)
+        started = time.monotonic()
+        try:
+            if params.get("crash"):
+                raise RuntimeError("crashed among others")
+            if params.get("block"):
+                time.sleep(params["block"])  # holds the loop: every request awaiting on it waits too
+            await asyncio.sleep(params.get("seconds", 0.1))
+        except asyncio.CancelledError:
+            self.cancelled.append(params.get("name", "?"))
+            raise
+        finally:
+            self.running -= 1
+        self.spans.append((params.get("chatId", ""), started, time.monotonic()))
+        return {"name": params.get("name")}
+
+    @handles("stats.get")
+    def stats(self, params, context):
+        return {"most": self.most, "spans": self.spans, "cancelled": self.cancelled}
+
+
+def waiter_server(server_id: str, **options) -> Server:
+    server = Server(server_id=server_id, request_timeout_s=options.pop("request_timeout_s", None))
+    server.add_agent(Waiter, **options)
+    return server
+
+
+async def post_all(url: str, bodies: list[dict]) -> list[dict]:
+    async with aiohttp.ClientSession() as session:
+
+        async def one(body: dict) -> dict:
+            async with session.post(url, json=body) as reply:
+                return await reply.json(content_type=None)
+
+        return await asyncio.gather(*(one(body) for body in bodies))
+
+
+def stats(url: str) -> dict:
+    return run(post(url, envelope("waiter", "stats.get")))["result"]
+
+
+def test_sixty_four_waiting_requests_run_at_once_on_one_agent_instance(serve):
+    url = serve(waiter_server("interleaved")).url
+    bodies = [envelope("waiter", "work.wait", {"seconds": 0.2, "name": str(i)}, id=i) for i in range(64)]
+    started = time.monotonic()
+    answers = run(post_all(url, bodies))
+    elapsed = time.monotonic() - started
+    assert sorted(answer["result"]["name"] for answer in answers) == sorted(str(i) for i in range(64))
+    assert stats(url)["most"] >= 32  # one at a time, they would take 12.8 s
+    assert elapsed < 6.4, elapsed
+
+
+def test_one_chat_at_a_time_while_two_chats_interleave(serve):
+    url = serve(waiter_server("conversations")).url
+    bodies = [
+        envelope("waiter", "work.wait", {"chatId": chat, "seconds": 0.1, "name": f"{chat}-{n}"}, id=f"{chat}-{n}")
+        for n in range(4)
+        for chat in ("chat-a", "chat-b")
+    ]
+    answers = run(post_all(url, bodies))
+    assert all(answer["error"] is None for answer in answers)
+    spans = stats(url)["spans"]
+    by_chat = {
+        chat: sorted((start, end) for name, start, end in spans if name == chat) for chat in ("chat-a", "chat-b")
+    }
+    for chat, chat_spans in by_chat.items():
+        assert len(chat_spans) == 4
+        assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(chat_spans)), chat
+    first_a, first_b = by_chat["chat-a"][0], by_chat["chat-b"][0]
+    assert first_a[0] < first_b[1] and first_b[0] < first_a[1]  # the two chats overlapped
+
+
+def test_max_in_flight_one_serves_one_request_at_a_time_awaits_included(serve):
+    url = serve(waiter_server("strict", max_in_flight=1)).url
+    answers = run(post_all(url, [envelope("waiter", "work.wait", {"seconds": 0.05}, id=i) for i in range(6)]))
+    assert all(answer["error"] is None for answer in answers)
+    assert stats(url)["most"] == 1
+
+
+def test_a_crash_among_requests_in_flight_loses_none_and_answers_none_twice(serve):
+    url = serve(waiter_server("crash-among")).url
+    bodies = [envelope("waiter", "work.wait", {"seconds": 0.3, "name": str(i)}, id=i) for i in range(10)]
+    crashing = envelope("waiter", "work.wait", {"crash": True, "name": "crash"}, id="crash")
+
+    async def scenario() -> tuple[list[dict], dict]:
+        waiting = asyncio.ensure_future(post_all(url, bodies))
+        await asyncio.sleep(0.1)  # all ten await on the instance
+        crashed = await post(url, crashing)
+        return [*(await waiting), crashed], await Client(url).health()
+
+    answers, health = run(scenario())
+    codes = Counter(answer["error"]["code"] if answer["error"] else "ok" for answer in answers)
+    assert sorted(str(answer["id"]) for answer in answers) == sorted([*map(str, range(10)), "crash"])
+    assert codes == {"ok": 10, -32603: 1}  # the ten finished on the old instance
+    assert health["agents"]["waiter"]["restarts"] == 1
+    assert run(post(url, envelope("waiter", "work.wait", {"seconds": 0}, id="after")))["error"] is None
+
+
+def test_a_request_awaiting_past_its_hang_threshold_is_answered_and_its_task_cancelled(serve):
+    url = serve(waiter_server("cut")).url
+    bodies = [
+        envelope("waiter", "work.wait", {"seconds": 30, "name": "stuck"}, id="stuck"),
+        *(envelope("waiter", "work.wait", {"seconds": 0.2, "name": str(i)}, id=i) for i in range(5)),
+    ]
+    answers = {str(answer["id"]): answer for answer in run(post_all(url, bodies))}
+    assert answers["stuck"]["error"]["code"] == -41006
+    assert all(answers[str(i)]["error"] is None for i in range(5))
+    assert stats(url)["cancelled"] == ["stuck"]
+
+
+def test_a_blocked_loop_answers_what_ran_on_it_and_the_next_instance_serves_the_rest(serve):
+    url = serve(waiter_server("blocked")).url
+
+    async def scenario() -> tuple[list[dict], dict]:
+        waiting = asyncio.ensure_future(
+            post_all(url, [envelope("waiter", "work.wait", {"seconds": 5, "name": str(i)}, id=i) for i in range(3)])
+        )
+        await asyncio.sleep(0.2)
+        blocking = await post(url, envelope("waiter", "work.wait", {"block": 3, "name": "block"}, id="block"))
+        after = await post(url, envelope("waiter", "work.wait", {"seconds": 0}, id="after"))
+        return [*(await waiting), blocking, after], await Client(url).health()
+
+    answers, health = run(scenario())
+    codes = {str(answer["id"]): answer["error"]["code"] if answer["error"] else "ok" for answer in answers}
+    assert codes == {"0": -41006, "1": -41006, "2": -41006, "block": -41006, "after": "ok"}
+    assert health["agents"]["waiter"]["restarts"] == 1
+
+
+def test_a_caller_that_gives_up_cancels_the_handler_it_was_waiting_for(serve):
+    url = serve(waiter_server("gives-up", request_timeout_s=0.3)).url
+    answer = run(post(url, envelope("waiter", "work.wait", {"seconds": 5, "name": "abandoned"})))
+    assert answer["error"]["code"] == -41006
+    deadline = time.monotonic() + 5
+    while stats(url)["cancelled"] != ["abandoned"]:
+        assert time.monotonic() < deadline, stats(url)
+        time.sleep(0.05)
