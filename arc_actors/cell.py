@@ -174,7 +174,8 @@ class AgentCell:
                 return self.not_available("is stopping: the server is shutting down")
             key = call.key
             later = key is not None and key in self._after
-            if later or not self._available:
+            taker = None if later else self._taker()
+            if taker is None:
                 if self._waiting >= self.mailbox_size:
                     return mailbox_full(self.agent_id, self.mailbox_size)
                 self._waiting += 1
@@ -187,7 +188,7 @@ class AgentCell:
                 return None
             if key is not None:
                 self._after[key] = deque()
-            if self._hand(self._available.pop(), call):
+            if self._hand(taker, call):
                 return None
             self._release(key)
             return self.not_available("is stopped")
@@ -304,6 +305,15 @@ class AgentCell:
 
     # -- the mailbox (the lock held) --
 
+    def _taker(self) -> _Slot | None:
+        """An instance waiting for a call, with room for it (taken off the available list), or None."""
+        while self._available:
+            slot = self._available.pop()
+            slot.listed = False
+            if len(slot.calls) < self.max_in_flight:
+                return slot
+        return None
+
     def _hand(self, slot: _Slot, call: Call) -> bool:
         """Start ``call`` on ``slot``, taken off the available list, with a ``tell``."""
         slot.listed = False
@@ -324,8 +334,8 @@ class AgentCell:
     def _dispatch(self, call: Call) -> None:
         """A call whose turn has come (the previous one of its conversation is over): to an instance with
         room, else first in the queue."""
-        while self._available:
-            if self._hand(self._available.pop(), call):
+        while (slot := self._taker()) is not None:
+            if self._hand(slot, call):
                 return
         self._queue.appendleft(call)
         self._waiting += 1
@@ -773,6 +783,9 @@ class _Instance(pykka.ThreadingActor):
                 cell._dispatch(call)
 
     def _serve(self, call: Call) -> None:
+        if call.done:  # answered while it waited to reach this thread (its timeout, a drain): never run
+            self._end(call, self._incarnation, None, None, run=False)
+            return
         incarnation = self._incarnation
         call.running = True
         incarnation.calls += 1
@@ -812,14 +825,17 @@ class _Instance(pykka.ThreadingActor):
         self._fill()
         self._idle_check()
 
-    def _end(self, call: Call, incarnation: _Incarnation, value: Any, exc: BaseException | None) -> None:
-        """A call's handler is over: answer it (unless the watchdog or its timeout did) and carry out what
-        a crash means; then, its conversation's next call."""
+    def _end(
+        self, call: Call, incarnation: _Incarnation, value: Any, exc: BaseException | None, *, run: bool = True
+    ) -> None:
+        """A call's handler is over (``run``: it was called): answer it (unless the watchdog or its timeout
+        did) and carry out what a crash means; then, its conversation's next call."""
         cell, slot = self._cell, self._slot
         outcome, crash = _judged(call, value, exc)
         if call.done and isinstance(crash, asyncio.CancelledError):
             crash = None  # cancelled because its caller was answered already: no crash
-        incarnation.calls -= 1
+        if run:
+            incarnation.calls -= 1
         current = incarnation is self._incarnation
         delay_s = None
         if crash is not None and current:

@@ -169,3 +169,41 @@ def test_a_caller_that_gives_up_cancels_the_handler_it_was_waiting_for(serve):
     while stats(url)["cancelled"] != ["abandoned"]:
         assert time.monotonic() < deadline, stats(url)
         time.sleep(0.05)
+
+
+class Holder(Agent):
+    """Blocks its loop (a sync sleep inside ``async def``): requests handed to it meanwhile wait behind it."""
+
+    agent_id = "holder"
+
+    def on_start(self):
+        self.ran: list[str] = []
+
+    @handles("work.hold")
+    async def hold(self, params, context):
+        self.ran.append(params["name"])
+        time.sleep(params.get("seconds", 0))
+        return params["name"]
+
+    @handles("ran.get")
+    def ran_get(self, params, context):
+        return self.ran
+
+
+def test_a_request_answered_by_its_timeout_before_its_turn_never_runs(serve):
+    server = Server(server_id="never-runs", request_timeout_s=0.5)
+    server.add_agent(Holder)
+    url = serve(server).url
+
+    async def scenario() -> tuple[dict, dict, list]:
+        hold = {"name": "a", "seconds": 1.0}  # past its own timeout: answered -41006, its thread held on
+        holding = asyncio.ensure_future(post(url, envelope("holder", "work.hold", hold, id=1)))
+        await asyncio.sleep(0.1)
+        late = await post(url, envelope("holder", "work.hold", {"name": "b"}, id=2))  # handed, then timed out
+        await asyncio.sleep(0.6)  # the thread is free again: b reaches it, answered already
+        return await holding, late, (await post(url, envelope("holder", "ran.get")))["result"]
+
+    held, late, ran = run(scenario())
+    assert held["error"]["code"] == -41006
+    assert late["error"]["code"] == -41006
+    assert ran == ["a"]
