@@ -50,7 +50,7 @@ from arc_actors.engine import AgentState, AgentStatus, crash_record, hung, mailb
 from arc_actors.exceptions import ARCError, internal_error
 from arc_actors.protocol import ErrorObject, Outcome, encoder
 from arc_actors.streaming import streamed
-from arc_actors.supervisor import Supervisor
+from arc_actors.supervisor import Decision, Supervisor
 
 WATCHDOG_TICKS_PER_THRESHOLD = 10
 """The watchdog looks this many times per hang threshold, so a hang is caught within 10% of it."""
@@ -226,8 +226,14 @@ class AgentCell:
                 )
             self.supervisor.forget(self.agent_id)
             self.failed = False
+            leftovers = [call for slot in self._slots for call in slot.calls if not call.done]
+            for call in leftovers:
+                call.done = True
             for slot in self._slots:
                 self._replace(slot, 0.0)
+        for call in leftovers:  # still in flight on the instances of the failed agent
+            call.cancel()
+            call.reply(self.not_available("was restarted by hand before answering this request"))
         logger.bind(agent_id=self.agent_id).warning("{} restarted by hand", self.agent_id)
 
     def refuse_new(self) -> None:
@@ -418,6 +424,15 @@ class AgentCell:
                 self._available.append(slot)
             return None
 
+    def _running(self, slot: _Slot, generation: int, call: Call) -> bool:
+        """At an ``async def`` handler's first step: mark its call running, unless it is answered already
+        or the instance was abandoned (a handed call then runs on another); returns whether to run it."""
+        with self.lock:
+            if generation != slot.generation or call.done:
+                return False
+            call.running = True
+            return True
+
     def _finish(self, slot: _Slot, generation: int, call: Call) -> tuple[bool, Call | None]:
         """A call's handler is over: whether this instance answers it (nobody has), and the next call of
         its conversation when it is this instance's to run."""
@@ -482,7 +497,11 @@ class AgentCell:
             reason = f"{what} hung for more than {self.hang_after_s} s"
             logger.bind(agent_id=self.agent_id).error("watchdog: {} {}; abandoning its thread", self.agent_id, reason)
             self.last_crash = crash_record("Hang", reason)
-            decision = self.supervisor.on_failure(self.agent_id, reason)
+            try:
+                decision = self.supervisor.on_failure(self.agent_id, reason)
+            except Exception as bug:  # noqa: BLE001 - reported, and the agent is given up on visibly
+                logger.bind(agent_id=self.agent_id).opt(exception=bug).critical("supervision failed")
+                decision = Decision(restart=False)
             if decision.restart and not self.failed:
                 self._replace(slot, decision.delay_s)
                 self.restarts += 1
@@ -492,10 +511,9 @@ class AgentCell:
                 slot.calls = set()
                 queued = self._fail()
             if not self.failed:
-                for call in handed:  # never reached the stuck thread: served by the next instance
+                for call in handed:  # never reached the stuck thread: served by another instance
                     call.started_at = None
-                    self._queue.appendleft(call)
-                    self._waiting += 1
+                    self._dispatch(call)
                 for call in interrupted:
                     self._release(call.key)
             else:
@@ -604,6 +622,7 @@ class _Instance(pykka.ThreadingActor):
         self._incarnation: _Incarnation | None = None
         self._awaiting = 0
         self._beating = False
+        self._beat_timer: asyncio.TimerHandle | None = None
         self._beat_s = min(1.0, max(0.01, cell.hang_after_s / WATCHDOG_TICKS_PER_THRESHOLD))
 
     @property
@@ -617,7 +636,7 @@ class _Instance(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> None:
         if self._abandoned:
-            self.stop()
+            self._leave()
         elif self._incarnation is None:
             self._requeue(message)
         else:
@@ -646,16 +665,33 @@ class _Instance(pykka.ThreadingActor):
             if self._abandoned:
                 for task in tasks:
                     task.cancel()
-            self._loop.run_until_complete(asyncio.wait(tasks))
+            self._run_until(asyncio.wait(tasks))
         if self._incarnation is not None:
             self._release(self._incarnation)
         if self._side:  # an async on_stop (or on_start) ends first
-            self._loop.run_until_complete(asyncio.wait(set(self._side)))
-        with contextlib.suppress(Exception):
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._run_until(asyncio.wait(set(self._side)))
+        self._run_until(self._loop.shutdown_asyncgens())
         self._loop.close()
 
+    def _run_until(self, awaitable: Awaitable[Any]) -> None:
+        """Run the loop until ``awaitable`` is over, in ``on_stop``: a ``loop.stop`` left from a wake-up
+        does not cut it short, and nothing raised gets out (pykka would then stop every actor)."""
+        future = asyncio.ensure_future(awaitable, loop=self._loop)
+        while not future.done() and not self._loop.is_closed():
+            try:
+                self._loop.run_until_complete(future)
+            except BaseException as exc:  # noqa: BLE001 - logged; the stop goes on
+                if not future.done():
+                    continue
+                logger.bind(agent_id=self._cell.agent_id).opt(exception=exc).error("stopping the instance failed")
+
     # -- making the agent instance (on the loop) --
+
+    def _leave(self) -> None:
+        """Stop this actor (abandoned, or its agent failed), once: it may be stopping already."""
+        if not self._stopping:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.stop()
 
     def _has_work(self) -> bool:
         return bool(self._awaiting or self._pending)
@@ -663,7 +699,11 @@ class _Instance(pykka.ThreadingActor):
     def _idle_check(self) -> None:
         """On the loop: stop it once nothing of ours is left on it (the inbox then waits in C)."""
         if not (self._awaiting or self._pending or self._stopping):
-            self._marks.turned_at = None  # not stuck: idle (its beat goes on when the loop runs again)
+            self._marks.turned_at = None  # not stuck: idle
+            if self._beat_timer is not None:
+                self._beat_timer.cancel()
+                self._beat_timer = None
+            self._beating = False
             self._loop.stop()
 
     def _later(self, delay_s: float, callback: Callable[[], None]) -> None:
@@ -730,7 +770,7 @@ class _Instance(pykka.ThreadingActor):
         self._incarnation = incarnation
         if abandoned:
             self._release(incarnation)
-            self.stop()
+            self._leave()
             return
         self._fill()
 
@@ -741,7 +781,7 @@ class _Instance(pykka.ThreadingActor):
         if delay_s is not None:
             self._later(delay_s, self._make)
         elif self._abandoned:
-            self.stop()
+            self._leave()
 
     def _release(self, incarnation: _Incarnation) -> None:
         """Run the agent instance's ``on_stop`` (an awaitable one as a task)."""
@@ -774,13 +814,22 @@ class _Instance(pykka.ThreadingActor):
                 return
 
     def _requeue(self, call: Call) -> None:
-        """A call handed to this instance while it was being restarted: back to the front of the queue."""
+        """A call handed to this instance while it was being restarted: to another instance, or the front
+        of the queue; answered -41002 if the agent has failed meanwhile."""
         cell = self._cell
+        refused = False
         with cell.lock:
             self._slot.calls.discard(call)
             call.started_at = None
-            if not call.done:
+            if call.done:  # answered meanwhile (its timeout): its conversation goes on
+                cell._release(call.key)
+            elif cell.failed or cell.stopping:
+                call.done = refused = True
+                cell._release(call.key)
+            else:
                 cell._dispatch(call)
+        if refused:
+            call.reply(cell.not_available(FAILED if cell.failed else "stopped before serving this request"))
 
     def _serve(self, call: Call) -> None:
         if call.done:  # answered while it waited to reach this thread (its timeout, a drain): never run
@@ -804,7 +853,8 @@ class _Instance(pykka.ThreadingActor):
             self._end(call, incarnation, value, None)
             return
         call.running = False  # until its task's first step
-        task = call.task = self._loop.create_task(_settled(value, call))
+        begin = partial(self._cell._running, self._slot, self._generation, call)
+        task = call.task = self._loop.create_task(_settled(value, begin))
         self._tasks.add(task)
         self._awaiting += 1
         task.add_done_callback(partial(self._awaited, call, incarnation))
@@ -831,9 +881,10 @@ class _Instance(pykka.ThreadingActor):
         """A call's handler is over (``run``: it was called): answer it (unless the watchdog or its timeout
         did) and carry out what a crash means; then, its conversation's next call."""
         cell, slot = self._cell, self._slot
-        outcome, crash = _judged(call, value, exc)
-        if call.done and isinstance(crash, asyncio.CancelledError):
-            crash = None  # cancelled because its caller was answered already: no crash
+        if call.done and isinstance(exc, asyncio.CancelledError):
+            outcome, crash = None, None  # cancelled because its caller was answered already: no crash
+        else:
+            outcome, crash = _judged(call, value, exc)
         if run:
             incarnation.calls -= 1
         current = incarnation is self._incarnation
@@ -846,7 +897,7 @@ class _Instance(pykka.ThreadingActor):
         if answers:
             call.reply(outcome)
         if self._abandoned:
-            self.stop()
+            self._leave()
             return
         if crash is not None and current:
             incarnation.retired = True
@@ -865,18 +916,24 @@ class _Instance(pykka.ThreadingActor):
         """While calls await: mark that the loop turns, for the watchdog."""
         if self._awaiting and not self._abandoned:
             self._marks.turned_at = time.monotonic()
-            self._loop.call_later(self._beat_s, self._beat)
+            self._beat_timer = self._loop.call_later(self._beat_s, self._beat)
         else:
             self._beating = False
+            self._beat_timer = None
             self._marks.turned_at = None
 
 
-async def _settled(awaitable: Awaitable[Any], call: Call | None = None) -> tuple[Any, BaseException | None]:
+async def _settled(
+    awaitable: Awaitable[Any], begin: Callable[[], bool] | None = None
+) -> tuple[Any, BaseException | None]:
     """``awaitable``'s result and the exception it raised: even ``SystemExit`` stays a value here (a task
-    lets it out of the loop, and pykka would then stop every actor); a cancellation stays one. ``call``,
-    when given, is marked running from the task's first step."""
-    if call is not None:
-        call.running = True
+    lets it out of the loop, and pykka would then stop every actor); a cancellation stays one. ``begin``,
+    when given, says at the task's first step whether it is still to run (its call is not answered nor
+    handed to another instance); if not, the awaitable is closed unrun."""
+    if begin is not None and not begin():
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        return None, None
     try:
         return await awaitable, None
     except asyncio.CancelledError:

@@ -207,3 +207,36 @@ def test_a_request_answered_by_its_timeout_before_its_turn_never_runs(serve):
     assert held["error"]["code"] == -41006
     assert late["error"]["code"] == -41006
     assert ran == ["a"]
+
+
+def test_a_loop_blocked_after_it_went_idle_is_still_caught_by_the_watchdog(serve):
+    url = serve(waiter_server("idle-then-blocked")).url
+
+    async def scenario() -> tuple[dict, dict, dict]:
+        await post(url, envelope("waiter", "work.wait", {"seconds": 0.05}, id="warm"))
+        await asyncio.sleep(0.3)  # the instance's loop has gone idle
+        blocked = await post(url, envelope("waiter", "work.wait", {"block": 3}, id="block"))
+        after = await post(url, envelope("waiter", "work.wait", {"seconds": 0}, id="after"))
+        return blocked, after, await Client(url).health()
+
+    blocked, after, health = run(scenario())
+    assert blocked["error"]["code"] == -41006
+    assert after["error"] is None
+    assert health["agents"]["waiter"]["restarts"] == 1
+
+
+def test_requests_in_flight_when_a_failed_agent_is_restarted_by_hand_are_answered(serve):
+    server = waiter_server("restarted", policy=RestartPolicy(max_restarts=0))
+    url = serve(server).url
+
+    async def scenario() -> tuple[dict, dict, dict]:
+        waiting = asyncio.ensure_future(post(url, envelope("waiter", "work.wait", {"seconds": 3}, id="long")))
+        await asyncio.sleep(0.2)
+        crashed = await post(url, envelope("waiter", "work.wait", {"crash": True}, id="crash"))
+        await asyncio.to_thread(server.restart_agent, "waiter")
+        return crashed, await asyncio.wait_for(waiting, 2), await post(url, envelope("waiter", "stats.get"))
+
+    crashed, long, after = run(scenario())
+    assert crashed["error"]["code"] == -32603
+    assert long["error"]["code"] == -41002  # answered at the restart, not lost with the old instance
+    assert after["error"] is None
