@@ -831,10 +831,15 @@ class _Instance(pykka.ThreadingActor):
         if refused:
             call.reply(cell.not_available(FAILED if cell.failed else "stopped before serving this request"))
 
-    def _serve(self, call: Call) -> None:
+    def _serve(self, call: Call | None) -> None:
+        """Serve ``call``, then (a loop, not recursion: a chat may have a thousand queued) each next call of
+        its conversation that a ``def`` handler's end hands this instance."""
+        while call is not None:
+            call = self._serve_one(call)
+
+    def _serve_one(self, call: Call) -> Call | None:
         if call.done:  # answered while it waited to reach this thread (its timeout, a drain): never run
-            self._end(call, self._incarnation, None, None, run=False)
-            return
+            return self._end(call, self._incarnation, None, None, run=False)
         incarnation = self._incarnation
         call.running = True
         incarnation.calls += 1
@@ -846,12 +851,10 @@ class _Instance(pykka.ThreadingActor):
                 value = streamed(value, call.context.stream)
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt stay in this agent
             marks.busy_since = None
-            self._end(call, incarnation, None, exc)
-            return
+            return self._end(call, incarnation, None, exc)
         marks.busy_since = None
         if type(value) in PLAIN_RESULTS or not inspect.isawaitable(value):
-            self._end(call, incarnation, value, None)
-            return
+            return self._end(call, incarnation, value, None)
         call.running = False  # until its task's first step
         begin = partial(self._cell._running, self._slot, self._generation, call)
         task = call.task = self._loop.create_task(_settled(value, begin))
@@ -861,6 +864,7 @@ class _Instance(pykka.ThreadingActor):
         if not self._beating:
             self._beating = True
             self._beat()
+        return None
 
     def _awaited(
         self, call: Call, incarnation: _Incarnation, task: asyncio.Task[tuple[Any, BaseException | None]]
@@ -871,15 +875,16 @@ class _Instance(pykka.ThreadingActor):
             value, exc = None, asyncio.CancelledError()
         else:
             value, exc = task.result()
-        self._end(call, incarnation, value, exc)
+        self._serve(self._end(call, incarnation, value, exc))
         self._fill()
         self._idle_check()
 
     def _end(
         self, call: Call, incarnation: _Incarnation, value: Any, exc: BaseException | None, *, run: bool = True
-    ) -> None:
+    ) -> Call | None:
         """A call's handler is over (``run``: it was called): answer it (unless the watchdog or its timeout
-        did) and carry out what a crash means; then, its conversation's next call."""
+        did) and carry out what a crash means. Returns its conversation's next call when it is this
+        instance's to serve now."""
         cell, slot = self._cell, self._slot
         if call.done and isinstance(exc, asyncio.CancelledError):
             outcome, crash = None, None  # cancelled because its caller was answered already: no crash
@@ -898,7 +903,7 @@ class _Instance(pykka.ThreadingActor):
             call.reply(outcome)
         if self._abandoned:
             self._leave()
-            return
+            return None
         if crash is not None and current:
             incarnation.retired = True
             self._incarnation = None
@@ -906,11 +911,10 @@ class _Instance(pykka.ThreadingActor):
                 self._later(delay_s, self._make)
         if incarnation.retired and incarnation.calls == 0:
             self._release(incarnation)
-        if follower is not None:
-            if self._incarnation is None:
-                self._requeue(follower)
-            else:
-                self._serve(follower)
+        if follower is not None and self._incarnation is None:
+            self._requeue(follower)
+            return None
+        return follower
 
     def _beat(self) -> None:
         """While calls await: mark that the loop turns, for the watchdog."""

@@ -181,6 +181,10 @@ class Holder(Agent):
 
     @handles("work.hold")
     async def hold(self, params, context):
+        return self.hold_sync(params, context)
+
+    @handles("work.hold_sync")
+    def hold_sync(self, params, context):  # a def handler: its end hands the instance its chat's next one
         self.ran.append(params["name"])
         time.sleep(params.get("seconds", 0))
         return params["name"]
@@ -240,3 +244,21 @@ def test_requests_in_flight_when_a_failed_agent_is_restarted_by_hand_are_answere
     assert crashed["error"]["code"] == -32603
     assert long["error"]["code"] == -41002  # answered at the restart, not lost with the old instance
     assert after["error"] is None
+
+
+def test_hundreds_of_queued_messages_of_one_chat_are_all_served_one_after_the_other(serve):
+    server = Server(server_id="one-chat-flood")
+    server.add_agent(Holder)
+    url = serve(server).url
+    count = 600
+    bodies = [envelope("holder", "work.hold_sync", {"name": str(i), "chatId": "one-chat"}, id=i) for i in range(count)]
+
+    async def scenario() -> tuple[list[dict], list]:
+        first = asyncio.ensure_future(post(url, {**bodies[0], "params": {**bodies[0]["params"], "seconds": 2}}))
+        await asyncio.sleep(0.1)  # the rest queue behind it, one conversation
+        rest = await post_all(url, bodies[1:])
+        return [await first, *rest], (await post(url, envelope("holder", "ran.get")))["result"]
+
+    answers, ran = run(scenario())
+    assert [answer["result"] for answer in answers] == [str(i) for i in range(count)]
+    assert ran[0] == "0" and sorted(ran, key=int) == [str(i) for i in range(count)]  # each once, in arrival order
