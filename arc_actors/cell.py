@@ -613,15 +613,13 @@ class _Instance(pykka.ThreadingActor):
         self._stopping = False
         self._side: set[asyncio.Task[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        """Its calls' handler tasks."""
+        """Its calls' handler tasks, while they await."""
         self._cell = cell
         self._slot = slot
         self._generation = slot.generation
         self._marks = slot.marks
         self._delay_s = delay_s
         self._incarnation: _Incarnation | None = None
-        self._awaiting = 0
-        self._beating = False
         self._beat_timer: asyncio.TimerHandle | None = None
         self._beat_s = min(1.0, max(0.01, cell.hang_after_s / WATCHDOG_TICKS_PER_THRESHOLD))
 
@@ -694,16 +692,15 @@ class _Instance(pykka.ThreadingActor):
                 self.stop()
 
     def _has_work(self) -> bool:
-        return bool(self._awaiting or self._pending)
+        return bool(self._tasks or self._pending)
 
     def _idle_check(self) -> None:
         """On the loop: stop it once nothing of ours is left on it (the inbox then waits in C)."""
-        if not (self._awaiting or self._pending or self._stopping):
+        if not (self._tasks or self._pending or self._stopping):
             self._marks.turned_at = None  # not stuck: idle
             if self._beat_timer is not None:
                 self._beat_timer.cancel()
                 self._beat_timer = None
-            self._beating = False
             self._loop.stop()
 
     def _later(self, delay_s: float, callback: Callable[[], None]) -> None:
@@ -809,7 +806,7 @@ class _Instance(pykka.ThreadingActor):
             if call is None:
                 return
             self._serve(call)
-            if self._awaiting:
+            if self._tasks:
                 self._loop.call_soon(self._fill)
                 return
 
@@ -859,17 +856,14 @@ class _Instance(pykka.ThreadingActor):
         begin = partial(self._cell._running, self._slot, self._generation, call)
         task = call.task = self._loop.create_task(_settled(value, begin))
         self._tasks.add(task)
-        self._awaiting += 1
         task.add_done_callback(partial(self._awaited, call, incarnation))
-        if not self._beating:
-            self._beating = True
+        if self._beat_timer is None:
             self._beat()
         return None
 
     def _awaited(
         self, call: Call, incarnation: _Incarnation, task: asyncio.Task[tuple[Any, BaseException | None]]
     ) -> None:
-        self._awaiting -= 1
         self._tasks.discard(task)
         if task.cancelled():
             value, exc = None, asyncio.CancelledError()
@@ -918,11 +912,10 @@ class _Instance(pykka.ThreadingActor):
 
     def _beat(self) -> None:
         """While calls await: mark that the loop turns, for the watchdog."""
-        if self._awaiting and not self._abandoned:
+        if self._tasks and not self._abandoned:
             self._marks.turned_at = time.monotonic()
             self._beat_timer = self._loop.call_later(self._beat_s, self._beat)
         else:
-            self._beating = False
             self._beat_timer = None
             self._marks.turned_at = None
 

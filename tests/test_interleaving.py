@@ -262,3 +262,33 @@ def test_hundreds_of_queued_messages_of_one_chat_are_all_served_one_after_the_ot
     answers, ran = run(scenario())
     assert [answer["result"] for answer in answers] == [str(i) for i in range(count)]
     assert ran[0] == "0" and sorted(ran, key=int) == [str(i) for i in range(count)]  # each once, in arrival order
+
+
+class Asyncio(Agent):
+    """Uses what any asyncio code may: its task, timeouts, and an async generator it leaves half read."""
+
+    agent_id = "asyncio-agent"
+
+    @handles("asyncio.check")
+    async def check(self, params, context):
+        async def ticks():
+            while True:
+                await asyncio.sleep(0.001)
+                yield "tick"
+
+        first = await anext(ticks())  # left half read: its loop closes it
+        try:
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(5)
+            timed_out = False
+        except TimeoutError:
+            timed_out = True
+        return {"task": asyncio.current_task() is not None, "timedOut": timed_out, "first": first}
+
+
+def test_an_async_handler_runs_as_a_task_with_timeouts_and_async_generators_working(serve):
+    server = Server(server_id="asyncio")
+    server.add_agent(Asyncio)
+    url = serve(server).url
+    answers = run(post_all(url, [envelope("asyncio-agent", "asyncio.check", id=i) for i in range(3)]))
+    assert [answer["result"] for answer in answers] == [{"task": True, "timedOut": True, "first": "tick"}] * 3
