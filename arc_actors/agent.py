@@ -165,8 +165,8 @@ class Context:
         """Ask another agent of this server, through its mailbox, and return its result.
 
         The request carries this request's ``trace_id`` and comes from this agent. Its ARC error, or
-        one of the runtime's (-41001 unknown agent, -41003 a call cycle such as a → b → a or a chain
-        deeper than 8), is raised as ``ARCError``. ``params`` are copied,
+        one of the runtime's (-41001 unknown agent, -41003 a call that would deadlock, such as a → b → a
+        when a takes one request at a time, or a chain deeper than 8), is raised as ``ARCError``. ``params`` are copied,
         as a message should be, so the two agents never share mutable state."""
         if self._caller is None:
             raise RuntimeError("context.call works only inside a request served by a running server")

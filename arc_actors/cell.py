@@ -46,7 +46,15 @@ import pykka
 from loguru import logger
 
 from arc_actors.agent import PLAIN_RESULTS, Agent, Context, Handler
-from arc_actors.engine import AgentState, AgentStatus, crash_record, hung, mailbox_full, not_available
+from arc_actors.engine import (
+    AgentState,
+    AgentStatus,
+    busy_conversation,
+    crash_record,
+    hung,
+    mailbox_full,
+    not_available,
+)
 from arc_actors.exceptions import ARCError, internal_error
 from arc_actors.protocol import ErrorObject, Outcome, encoder
 from arc_actors.streaming import streamed
@@ -61,7 +69,18 @@ class Call:
     """One request on its way through a cell. ``reply`` answers it, from whichever thread; the cell calls
     it once. ``key`` is its conversation (``chatId`` or ``taskId``), whose calls run one at a time."""
 
-    __slots__ = ("context", "done", "key", "method", "params", "reply", "running", "started_at", "task")
+    __slots__ = (
+        "context",
+        "done",
+        "key",
+        "method",
+        "params",
+        "reentrant",
+        "reply",
+        "running",
+        "started_at",
+        "task",
+    )
 
     def __init__(
         self, method: str, params: dict[str, Any], context: Context, reply: Callable[[Outcome], object]
@@ -72,6 +91,8 @@ class Call:
         self.reply = reply
         key = params.get("chatId") or params.get("taskId")
         self.key: str | None = key if isinstance(key, str) else None
+        self.reentrant = context.target_agent in context.call_chain
+        """Whether it is a call back into its agent (a -> b -> a): part of a request the agent carries."""
         self.started_at: float | None = None
         """When an instance took it (``tell``, or from the queue)."""
         self.running = False
@@ -174,7 +195,9 @@ class AgentCell:
                 return self.not_available("is stopping: the server is shutting down")
             key = call.key
             later = key is not None and key in self._after
-            taker = None if later else self._taker()
+            if later and call.reentrant:
+                return busy_conversation(self.agent_id, call.context.call_chain, key)
+            taker = None if later else self._taker(call.reentrant)
             if taker is None:
                 if self._waiting >= self.mailbox_size:
                     return mailbox_full(self.agent_id, self.mailbox_size)
@@ -184,7 +207,10 @@ class AgentCell:
                     return None
                 if key is not None:
                     self._after[key] = deque()
-                self._queue.append(call)
+                if call.reentrant:
+                    self._queue.appendleft(call)
+                else:
+                    self._queue.append(call)
                 return None
             if key is not None:
                 self._after[key] = deque()
@@ -311,13 +337,18 @@ class AgentCell:
 
     # -- the mailbox (the lock held) --
 
-    def _taker(self) -> _Slot | None:
-        """An instance waiting for a call, with room for it (taken off the available list), or None."""
+    def _taker(self, reentrant: bool = False) -> _Slot | None:
+        """An instance waiting for a call, with room for it (taken off the available list), or None. A
+        call back into the agent (``reentrant``) takes a running instance past ``max_in_flight``, as
+        Orleans' call-chain reentrancy does: the requests that hold the room may be the ones awaiting it,
+        and the call chain's depth bounds how far past it goes."""
         while self._available:
             slot = self._available.pop()
             slot.listed = False
             if len(slot.calls) < self.max_in_flight:
                 return slot
+        if reentrant and self.max_in_flight > 1:
+            return next((slot for slot in self._slots if slot.state is AgentState.RUNNING), None)
         return None
 
     def _hand(self, slot: _Slot, call: Call) -> bool:

@@ -124,6 +124,17 @@ def mailbox_full(agent_id: str, mailbox_size: int) -> ErrorObject:
     )
 
 
+def busy_conversation(agent_id: str, call_chain: tuple[str, ...], key: str) -> ErrorObject:
+    """-41003 for a call back into an agent (``call_chain`` leads there) in a conversation with a request
+    queued or running: that request may be the one awaiting this call, which would then wait forever."""
+    return error(
+        ErrorCode.AGENT_UNREACHABLE,
+        f"Agent unreachable: a call back into {agent_id} from {' -> '.join(call_chain)} joins its conversation"
+        f" {key}, which is busy with a request this call may come from",
+        {"agentId": agent_id, "callChain": [*call_chain, agent_id], "conversation": key},
+    )
+
+
 def hung(agent_id: str, hang_after_s: float) -> ErrorObject:
     """-41006 for the request whose handler ran past the hang threshold."""
     return error(

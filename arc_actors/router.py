@@ -44,6 +44,7 @@ class Router:
         self._specs = list(specs)
         self._methods: dict[str, frozenset[str]] = {spec.agent_id: frozenset(spec.methods) for spec in self._specs}
         self._own_chats = {spec.agent_id for spec in self._specs if not spec.managed_chats}
+        self._strict = {spec.agent_id for spec in self._specs if spec.max_in_flight == 1}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -117,13 +118,19 @@ class Router:
         self, context: Context, agent_id: str, method: str, params: dict[str, Any]
     ) -> concurrent.futures.Future[Outcome]:
         """An agent's call to another (``Context.call``), from the agent's thread: dispatched on the
-        gateway's loop like any request, refused when it would close a cycle or go too deep."""
+        gateway's loop like any request, refused when it could deadlock or goes too deep."""
         return asyncio.run_coroutine_threadsafe(self._call(context, agent_id, method, params), self._loop)
 
     async def _call(self, context: Context, agent_id: str, method: str, params: dict[str, Any]) -> Outcome:
         chain = (*context.call_chain, context.target_agent)
-        if agent_id in chain or len(chain) >= MAX_CALL_DEPTH:
-            why = "would close a call cycle" if agent_id in chain else f"would go deeper than {MAX_CALL_DEPTH} calls"
+        why = None
+        if len(chain) >= MAX_CALL_DEPTH:
+            why = f"would go deeper than {MAX_CALL_DEPTH} calls"
+        elif agent_id in chain and agent_id in self._strict:
+            # Its one request in flight awaits this call: the call would wait for it forever. An agent
+            # that interleaves serves a call back past its bound (see AgentCell.submit).
+            why = "would close a call cycle through an agent that takes one request at a time (max_in_flight = 1)"
+        if why is not None:
             return error(
                 ErrorCode.AGENT_UNREACHABLE,
                 f"Agent unreachable: calling {agent_id} from {' -> '.join(chain)} {why}",
