@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Any
 
+import aiohttp
+
 from arc_actors import Agent, RestartPolicy, Server
 
 CHAT_RESULT: dict[str, Any] = {
@@ -33,6 +35,7 @@ SLOW_HANDLER_S = 0.005
 """The flooded neighbour's service time: 200 requests a second at most, far fewer than its flood."""
 BURN_S = 0.05
 LATENCY_ENV = "ARC_BENCH_LATENCY_S"
+STUB_URL_ENV = "ARC_BENCH_STUB_URL"
 """How long the waiting agents' handlers await (``io_bound.py``), standing in for an LLM call."""
 
 
@@ -122,12 +125,37 @@ class WaitingAgent(Agent):
         return CHAT_RESULT
 
 
+class CallingAgent(Agent):
+    """Calls the LLM stand-in (``benchmarks/llm_stub.py`` at ``ARC_BENCH_STUB_URL``) per chat.start, with
+    one aiohttp session on the agent's own loop, as an agent calling an LLM API over HTTP does."""
+
+    agent_id = "http-llm-agent"
+    managed_chats = False
+
+    def __init__(self) -> None:
+        self.url = os.environ.get(STUB_URL_ENV, "")
+        self.session: aiohttp.ClientSession | None = None
+
+    async def chat_start(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
+        if self.session is None:  # made on the loop it is used on, the agent's own
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        async with self.session.post(self.url, json={"prompt": "hi"}) as reply:
+            reply.raise_for_status()
+            await reply.json()
+        return CHAT_RESULT
+
+    async def on_stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+
 def waiting_agents() -> Server:
-    """The I/O-bound server: the waiting agent, and its twin serving one request at a time (as every
-    agent did before interleaving)."""
+    """The I/O-bound server: the waiting agent, its twin serving one request at a time (as every agent
+    did before interleaving), and the agent waiting on a real HTTP call."""
     server = Server(server_id="bench-server", mailbox_size=5000)
     server.add_agent(WaitingAgent, max_in_flight=1000)
     server.add_agent(WaitingAgent, agent_id="strict-llm-agent", max_in_flight=1)
+    server.add_agent(CallingAgent, max_in_flight=1000)
     return server
 
 

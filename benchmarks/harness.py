@@ -146,12 +146,14 @@ class Launch:
     argv: Sequence[str]
     port: int
     env: Mapping[str, str] = field(default_factory=dict)
+    cpu: str = SERVER_CPU
+    """The core it runs on: a stand-in for a service elsewhere runs beside the load tool instead."""
 
 
-def launch(name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Launch:
+def launch(name: str, argv: Sequence[str], env: Mapping[str, str] | None = None, cpu: str = SERVER_CPU) -> Launch:
     """A :class:`Launch` on a free port, put in ``argv`` wherever it says ``PORT``."""
     port = free_port()
-    return Launch(name, [str(port) if arg == PORT else arg for arg in argv], port, dict(env or {}))
+    return Launch(name, [str(port) if arg == PORT else arg for arg in argv], port, dict(env or {}), cpu)
 
 
 @dataclass
@@ -165,11 +167,11 @@ class ServerProcess:
 
     @classmethod
     def start(cls, launch: Launch) -> ServerProcess:
-        """Start the server on the server core, its output going to a log file."""
+        """Start the server on its core, its output going to a log file."""
         log = Path(tempfile.gettempdir()) / f"arc-bench-{launch.name.replace(' ', '_')}-{launch.port}.log"
         with log.open("wb") as log_file:
             process = subprocess.Popen(
-                pinned(launch.argv, SERVER_CPU),
+                pinned(launch.argv, launch.cpu),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **launch.env},

@@ -6,7 +6,8 @@ it (``server.run``: FastAPI on uvicorn, with uvicorn's access log) and once more
 off, since arc_actors writes none.
 
 arc-sdk runs in its own virtualenv: ``--reference-python``, else ``ARC_REFERENCE_PYTHON``, else
-``benchmarks/.venv-reference`` (made on first use with arc-sdk==1.3.1, PyJWT and PyYAML). A smoke run
+``benchmarks/.venv-reference`` (made on first use with arc-sdk==1.3.1, PyJWT, PyYAML and aiohttp, which
+``io_bound.py``'s reference handler calls its LLM stand-in with). A smoke run
 never installs anything: it uses the current Python when it has arc-sdk, and skips otherwise.
 """
 
@@ -28,7 +29,7 @@ THEIRS_QUIET = "arc-sdk 1.3.1, no access log"
 SIDES = (OURS, THEIRS, THEIRS_QUIET)
 TARGET_RATIO = 10.0
 REFERENCE_VENV = BENCHMARKS / ".venv-reference"
-REFERENCE_PACKAGES = ("arc-sdk==1.3.1", "PyJWT>=2", "PyYAML>=6")
+REFERENCE_PACKAGES = ("arc-sdk==1.3.1", "PyJWT>=2", "PyYAML>=6", "aiohttp>=3.9")
 REFERENCE_ENV = "ARC_REFERENCE_PYTHON"
 
 
@@ -73,15 +74,20 @@ def reference_python(given: Path | None, smoke: bool) -> Path | None:
     if given is not None:
         return given
     venv_python = REFERENCE_VENV / "bin" / "python"
-    if venv_python.exists():
+    if venv_python.exists() and _imports(venv_python, "arc", "aiohttp"):
         return venv_python
     if smoke:
-        has_arc = subprocess.run([sys.executable, "-c", "import arc, uvicorn"], capture_output=True).returncode == 0
-        return Path(sys.executable) if has_arc else None
+        return Path(sys.executable) if _imports(Path(sys.executable), "arc", "uvicorn") else None
     print(f"making {REFERENCE_VENV} with {', '.join(REFERENCE_PACKAGES)}", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", str(REFERENCE_VENV)], check=True)
+    if not venv_python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(REFERENCE_VENV)], check=True)
     subprocess.run([str(venv_python), "-m", "pip", "install", "--quiet", *REFERENCE_PACKAGES], check=True)
     return venv_python
+
+
+def _imports(python: Path, *modules: str) -> bool:
+    """Whether ``python`` imports every one of ``modules`` (a virtualenv made before one was added)."""
+    return subprocess.run([str(python), "-c", f"import {', '.join(modules)}"], capture_output=True).returncode == 0
 
 
 def summarize(rounds: dict[int, dict[str, list[LoadResult]]]) -> tuple[str, dict[str, Any]]:

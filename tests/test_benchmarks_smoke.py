@@ -139,7 +139,7 @@ def test_engines_compares_the_pykka_and_ray_engines_at_c64_without_errors(tmp_pa
     assert sides["pykka engine"]["rps_ratio_to_pykka"] == 1.0
 
 
-def test_io_bound_measures_the_waiting_agent_interleaved_and_one_at_a_time(tmp_path: Path) -> None:
+def test_io_bound_measures_the_waiting_agent_interleaved_one_at_a_time_and_calling_over_http(tmp_path: Path) -> None:
     document = run_smoke("io_bound", tmp_path)
     case = document["cases"]["C=64, L=100 ms"]
     assert case["limit_rps"] == 640
@@ -147,3 +147,6 @@ def test_io_bound_measures_the_waiting_agent_interleaved_and_one_at_a_time(tmp_p
     assert list(sides)[:2] == ["arc_actors", "arc_actors, max_in_flight=1"]
     assert all(side["best"]["requests"] > 0 and side["best"]["errors"] == 0 for side in sides.values())
     assert case["kib_per_request_in_flight"] is not None
+    calling = document["cases"]["C=64, L=100 ms, HTTP call"]["sides"]
+    assert calling["arc_actors"]["best"]["requests"] > 0
+    assert all(side["best"]["errors"] == 0 for side in calling.values())
