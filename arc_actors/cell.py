@@ -63,6 +63,12 @@ from arc_actors.supervisor import Decision, Supervisor
 WATCHDOG_TICKS_PER_THRESHOLD = 10
 """The watchdog looks this many times per hang threshold, so a hang is caught within 10% of it."""
 FAILED = "has failed and awaits a restart"
+HELD_A_WHILE_S = 0.001
+FAIR_TURNS = 3
+"""After calls that held an instance's thread longer than ``HELD_A_WHILE_S`` (a ``def`` handler, a latency
+fault), the handlers awaiting on its loop get this many turns before the next call is taken: enough for
+an await that came due meanwhile to end and be answered (its timer fires, its task steps, its answer goes
+out). Else a burst of such calls would hold up every await already under way, past its hang threshold."""
 
 
 class Call:
@@ -172,6 +178,8 @@ class AgentCell:
         self._stops: list[pykka.Future[Any]] = []
         self.failed = False
         self.stopping = False
+        self.failing = supervisor.in_streak(agent_id)
+        """Whether it failed and has served no request since: the next one served resets its backoff."""
         self.restarts = 0
         self.escalations = 0
         self.started_at = time.monotonic()
@@ -330,6 +338,7 @@ class AgentCell:
             busy=busy,
             uptime_s=int((time.monotonic() - self.started_at) * 1000) / 1000,
             last_crash=self.last_crash,
+            backoff_s=self.supervisor.backoff_s(self.agent_id),
         )
 
     def not_available(self, why: str) -> ErrorObject:
@@ -505,6 +514,7 @@ class AgentCell:
                     slot.listed = False
                     self._available.remove(slot)
                 self.restarts += 1
+                self.failing = True
         self._refuse(queued)
         return None if self.failed or decision is None else decision.delay_s
 
@@ -536,6 +546,7 @@ class AgentCell:
             if decision.restart and not self.failed:
                 self._replace(slot, decision.delay_s)
                 self.restarts += 1
+                self.failing = True
             else:
                 slot.generation += 1
                 slot.marks = _Marks()
@@ -594,6 +605,8 @@ class _LoopInbox:
         self.has_work: Callable[[], bool] = lambda: False
         self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._asleep = False
+        self.turns_owed = 0
+        """Turns of the loop the awaiting handlers get before the next call is taken (see ``FAIR_TURNS``)."""
 
     def put(self, envelope: Any) -> None:
         self._items.put(envelope)
@@ -606,6 +619,9 @@ class _LoopInbox:
             self._asleep = True
             try:
                 if not self._items.empty():
+                    for _ in range(self.turns_owed):
+                        self.loop.call_soon(self.loop.stop)
+                        self.loop.run_forever()
                     break
                 self.loop.run_forever()
             except BaseException as bug:  # noqa: BLE001 - pykka would stop every actor of the process
@@ -652,6 +668,8 @@ class _Instance(pykka.ThreadingActor):
         self._delay_s = delay_s
         self._incarnation: _Incarnation | None = None
         self._beat_timer: asyncio.TimerHandle | None = None
+        self._fill_due = False
+        """Whether a ``_fill_turn`` is due on the loop (counted in ``_pending``)."""
         self._beat_s = min(1.0, max(0.01, cell.hang_after_s / WATCHDOG_TICKS_PER_THRESHOLD))
 
     @property
@@ -831,15 +849,39 @@ class _Instance(pykka.ThreadingActor):
 
     def _fill(self) -> None:
         """Take calls while there is room: at once while nothing awaits (an agent of ``def`` handlers pays
-        no loop turn), else one per turn of the loop, so that the awaiting handlers are not starved."""
+        no loop turn), else one per turn of the loop, so that the awaiting handlers are not starved; after
+        calls that held the thread a while, one after the ``FAIR_TURNS`` turns owed."""
         while self._incarnation is not None:
+            if self._tasks and self._inbox.turns_owed:
+                self._fill_after_owed_turns()
+                return
             call = self._cell._next(self._slot, self._generation)
             if call is None:
                 return
             self._serve(call)
-            if self._tasks:
+            if self._tasks and not self._inbox.turns_owed:
                 self._loop.call_soon(self._fill)
                 return
+
+    def _fill_after_owed_turns(self) -> None:
+        if self._fill_due:
+            return
+        self._fill_due = True
+        self._pending += 1
+        callback = self._fill_turn
+        for _ in range(self._inbox.turns_owed - 1):
+            callback = partial(self._loop.call_soon, callback)
+        self._loop.call_soon(callback)
+
+    def _fill_turn(self) -> None:
+        """The turns owed given: one call taken, then as ``_fill`` goes on."""
+        self._fill_due = False
+        self._pending -= 1
+        call = None if self._incarnation is None else self._cell._next(self._slot, self._generation)
+        if call is not None:
+            self._serve(call)
+            self._fill()
+        self._idle_check()
 
     def _requeue(self, call: Call) -> None:
         """A call handed to this instance while it was being restarted: to another instance, or the front
@@ -861,9 +903,14 @@ class _Instance(pykka.ThreadingActor):
 
     def _serve(self, call: Call | None) -> None:
         """Serve ``call``, then (a loop, not recursion: a chat may have a thousand queued) each next call of
-        its conversation that a ``def`` handler's end hands this instance."""
+        its conversation that a ``def`` handler's end hands this instance. If they held the thread a
+        while, the handlers awaiting get ``FAIR_TURNS`` turns of the loop before the next call is taken."""
+        if call is None:
+            return
+        began = time.monotonic()
         while call is not None:
             call = self._serve_one(call)
+        self._inbox.turns_owed = FAIR_TURNS if time.monotonic() - began > HELD_A_WHILE_S else 0
 
     def _serve_one(self, call: Call) -> Call | None:
         if call.done:  # answered while it waited to reach this thread (its timeout, a drain): never run
@@ -872,7 +919,11 @@ class _Instance(pykka.ThreadingActor):
         call.running = True
         incarnation.calls += 1
         marks = self._marks
-        marks.busy_since = time.monotonic()
+        # Its hang threshold runs from now, not from when it was handed over; and a thread that takes a
+        # new call is not stuck, even if its loop has not turned while it served calls back to back.
+        call.started_at = marks.busy_since = now = time.monotonic()
+        if marks.turned_at is not None:
+            marks.turned_at = now
         try:
             value = call.run(incarnation.handlers[call.method])
             if inspect.isasyncgen(value):
@@ -917,6 +968,9 @@ class _Instance(pykka.ThreadingActor):
             outcome, crash = _judged(call, value, exc)
         if run:
             incarnation.calls -= 1
+            if exc is None and cell.failing:
+                cell.failing = False
+                cell.supervisor.served(cell.agent_id)
         current = incarnation is self._incarnation
         delay_s = None
         if crash is not None and current:

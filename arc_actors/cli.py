@@ -20,6 +20,7 @@ from typing import Any
 from arc_actors.chaos import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DURATION_S,
+    DEFAULT_GRACE_S,
     DEFAULT_TIMEOUT_S,
     ChaosError,
     ChaosProgress,
@@ -98,9 +99,11 @@ def _chaos(args: argparse.Namespace) -> int:
             agents=agents,
             duration_s=args.duration,
             concurrency=args.concurrency,
+            rate=args.rate,
             requests=args.requests,
             seed=args.seed,
             timeout_s=args.timeout,
+            grace_s=args.grace,
             progress=_progress_printer(),
         )
     except (ChaosError, ValueError) as exc:
@@ -243,9 +246,10 @@ def _parser() -> argparse.ArgumentParser:
     chaos = commands.add_parser(
         "chaos",
         help="drive an ARC server with chat.start load and report what it lost",
-        description="Send chat.start requests to a running ARC server's agents for a bounded time, then "
-        "report per agent: sent, answered, lost (no ARC answer at all), errors by code, latency "
-        "percentiles, and restarts when /health reports them. Exits 1 when anything is lost.",
+        description="Send chat.start requests to a running ARC server's agents for a bounded time, each agent "
+        "loaded on its own (its own callers, or its own rate), then report per agent: sent, answered, lost "
+        "(no ARC answer at all), unfinished (in flight when the run ended), answers per second, errors by "
+        "code, latency percentiles, and restarts when /health reports them. Exits 1 when anything is lost.",
     )
     chaos.add_argument("url", metavar="URL", help="the server's /arc endpoint, e.g. http://127.0.0.1:8000/arc")
     chaos.add_argument("--agents", help="comma-separated agent ids (default: the agents /agent-info lists)")
@@ -253,15 +257,32 @@ def _parser() -> argparse.ArgumentParser:
         "--duration", type=float, default=DEFAULT_DURATION_S, help="seconds of load (default: %(default)s)"
     )
     chaos.add_argument(
-        "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight (default: %(default)s)"
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help="callers per agent, each sending its next request when its last is answered (default: %(default)s)",
     )
-    chaos.add_argument("--requests", type=int, help="stop after this many requests (default: only --duration)")
+    chaos.add_argument(
+        "--rate",
+        type=float,
+        help="instead of callers: requests a second per agent, sent on schedule whatever comes back",
+    )
+    chaos.add_argument(
+        "--requests", type=int, help="stop after this many requests, split among the agents (default: only --duration)"
+    )
     chaos.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT_S,
         help="seconds to wait for each answer before counting it lost (default: %(default)s)",
     )
-    chaos.add_argument("--seed", type=int, default=0, help="seed of the agent and message draws (default: 0)")
+    chaos.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE_S,
+        help="seconds to wait after --duration for the answers still due, before counting them unfinished "
+        "(default: %(default)s)",
+    )
+    chaos.add_argument("--seed", type=int, default=0, help="seed of the message draws (default: 0)")
     chaos.add_argument("--json", action="store_true", help="print the report as one JSON object")
     return parser

@@ -48,6 +48,8 @@ class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     busy: int
     uptime_s: float
     last_crash: dict[str, str] | None = None
+    backoff_s: float = 0.0
+    """The delay of its latest restart, while it has served no request since (0 once it has)."""
 
 
 class Engine(Protocol):

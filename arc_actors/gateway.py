@@ -142,6 +142,8 @@ class Gateway:
         self._observer = observer
         self.streams_open = 0
         """SSE responses being written now (read by the metrics)."""
+        self.draining = False
+        """Set as the server drains: every answer then closes its connection (``Connection: close``)."""
 
     def application(self) -> web.Application:
         """A new aiohttp application serving this gateway's routes."""
@@ -157,17 +159,20 @@ class Gateway:
         """``serve(http_request)``, with the observer told of it."""
         observer = self._observer
         if observer is None:
-            return await serve(http_request)
-        started = perf_counter()
-        observer.arrived()
-        response = None
-        try:
             response = await serve(http_request)
-        finally:
-            if response is None:
-                observer.left(None, None, perf_counter() - started)
-            else:
-                observer.left(response.call, response.outcome, perf_counter() - started)
+        else:
+            started = perf_counter()
+            observer.arrived()
+            response = None
+            try:
+                response = await serve(http_request)
+            finally:
+                if response is None:
+                    observer.left(None, None, perf_counter() - started)
+                else:
+                    observer.left(response.call, response.outcome, perf_counter() - started)
+        if self.draining:  # the caller's next request goes elsewhere, on a connection of its own
+            response.force_close()
         return response
 
     async def _serve_arc(self, http_request: web.Request) -> _ArcResponse | _ArcStream:

@@ -271,6 +271,7 @@ class RayEngine:
             busy=report.busy if report else 0,
             uptime_s=report.uptime_s if report else 0.0,
             last_crash=cell.last_crash,
+            backoff_s=report.backoff_s if report else self._supervisor.backoff_s(agent_id),
         )
 
     async def watch_for_hangs(self) -> None:
@@ -449,7 +450,7 @@ class RayEngine:
         cell.last_crash = crash_record("WorkerDied", message)
         report = cell.report
         if report is not None:  # else it died before reporting: the window here is the latest
-            self._supervisor.remember(agent_id, report.failure_ages)
+            self._supervisor.remember(agent_id, report.failures)
         decision = self._supervisor.on_failure(agent_id, f"worker process died: {message}")
         cell.restarts_before += report.agent.restarts if report else 0
         cell.escalations_before += report.agent.escalations if report else 0
@@ -506,7 +507,7 @@ class RayEngine:
                 self._supervisor.hang_after_s(spec.agent_id),
                 spec.concurrency,
                 cell.mailbox_size,
-                self._supervisor.failure_ages(spec.agent_id),
+                self._supervisor.history(spec.agent_id),
                 max_in_flight=spec.max_in_flight,
             )
             cell.owned = True

@@ -36,7 +36,7 @@ from arc_actors.engine import AgentState, AgentStatus
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ErrorCode, ErrorObject, Outcome
 from arc_actors.streaming import collect, streamed
-from arc_actors.supervisor import RestartPolicy, Supervisor
+from arc_actors.supervisor import FailureHistory, RestartPolicy, Supervisor
 from arc_actors.tasks import Task, TaskCancelled, TaskHandle
 
 GATEWAY_SILENT_S = 5.0
@@ -52,11 +52,11 @@ WITHDRAWN = "skipped: withdrawn by its gateway"
 
 class HostStatus(msgspec.Struct, frozen=True, kw_only=True):
     """What a host reports with every answer and poll: its agent's status; ``seq`` orders reports that
-    arrive out of order; ``failure_ages`` is its supervisor's window, carried over if its process dies."""
+    arrive out of order; ``failures`` is its supervisor's history, carried over if its process dies."""
 
     seq: int
     agent: AgentStatus
-    failure_ages: list[float]
+    failures: FailureHistory
 
 
 class Reply(msgspec.Struct, frozen=True):
@@ -298,7 +298,7 @@ class AgentHost:
         hang_after_s: float,
         concurrency: int,
         mailbox_size: int,
-        failure_ages: list[float],
+        failures: FailureHistory,
         gateway_silent_s: float = GATEWAY_SILENT_S,
         max_in_flight: int = 1,
     ) -> None:
@@ -307,7 +307,7 @@ class AgentHost:
 
         self._agent_id = agent_id
         self._supervisor = Supervisor({}, policy, hang_after_s)
-        self._supervisor.remember(agent_id, failure_ages)
+        self._supervisor.remember(agent_id, failures)
         self._cell = AgentCell(
             agent_id,
             cloudpickle.loads(factory),
@@ -342,9 +342,7 @@ class AgentHost:
         if gateway is not None:
             self._heard[gateway] = time.monotonic()
         self._seq += 1
-        return HostStatus(
-            seq=self._seq, agent=self._cell.status(), failure_ages=self._supervisor.failure_ages(self._agent_id)
-        )
+        return HostStatus(seq=self._seq, agent=self._cell.status(), failures=self._supervisor.history(self._agent_id))
 
     async def call(
         self, key: str, method: str, params: dict[str, Any], context: Context, errand: Errand

@@ -8,10 +8,12 @@ however declared, becomes one actor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
+import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +62,8 @@ ENGINE_ENV = "ARC_ENGINE"
 RAY_ADDRESS_ENV = "ARC_RAY_ADDRESS"
 
 ADMIN_SITE = web.AppKey("arc_actors_admin_site", AdminSite)
+DRAIN = web.AppKey("arc_actors_drain", Callable[[], Awaitable[None]])
+"""The app's drain, for ``run`` to start on SIGTERM before aiohttp closes its connections."""
 """Where an app keeps its fault admin endpoint, when it has one."""
 
 
@@ -75,6 +79,32 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 GC_YOUNG_THRESHOLD = 10_000
 """Allocations the collector lets pass before it looks at young objects (Python's default: 700)."""
+
+
+async def _drain_on_signals(app: web.Application) -> None:
+    """On SIGTERM or SIGINT, drain while the connections are still open, then stop as aiohttp does on
+    a signal: aiohttp closes every connection before its shutdown hooks run, so a caller whose keep-alive
+    connection was open would get a reset instead of the drain's -41002. A second signal stops at once."""
+    loop = asyncio.get_running_loop()
+    draining: list[asyncio.Task[None]] = []
+
+    async def drain_then_stop() -> None:
+        await app[DRAIN]()
+        loop.call_soon(_stop)
+
+    def on_signal() -> None:
+        if draining:
+            _stop()
+        else:
+            draining.append(loop.create_task(drain_then_stop()))
+
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on this platform's loop
+            loop.add_signal_handler(signal_number, on_signal)
+
+
+def _stop() -> None:
+    raise web.GracefulExit  # what aiohttp's own signal handler raises: run_app then cleans up
 
 
 async def _tune_garbage_collector(_: web.Application) -> None:
@@ -404,6 +434,7 @@ class Server:
         async def actors(_: web.Application) -> AsyncIterator[None]:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, store.open)
+            await loop.run_in_executor(None, tasks.recover)
             router.start()
             self._router = router
             watchdog = asyncio.create_task(engine.watch_for_hangs())
@@ -419,7 +450,10 @@ class Server:
                 logger.warning("agents still busy at shutdown, abandoned: {}", ", ".join(busy))
             await loop.run_in_executor(None, store.close)
 
-        async def drain(_: web.Application) -> None:
+        async def drain(_: web.Application | None = None) -> None:
+            if gateway.draining:
+                return  # begun already, on a signal (see run)
+            gateway.draining = True
             logger.info("draining: new requests refused, up to {} s for queued and running ones", self.drain_timeout_s)
             unserved = await engine.drain(self.drain_timeout_s)
             for agent_id, count in unserved.items():
@@ -428,6 +462,7 @@ class Server:
         app.cleanup_ctx.append(webhooks.serve)  # first in, last out: agents' final events are still queued
         app.cleanup_ctx.append(actors)
         app.on_shutdown.append(drain)
+        app[DRAIN] = drain
         if admin_port is not None:
             app[ADMIN_SITE] = AdminSite(self.faults, admin_port)
             app.cleanup_ctx.append(app[ADMIN_SITE].serve)
@@ -489,6 +524,7 @@ class Server:
         except EngineUnavailable as exc:
             raise SystemExit(f"arc_actors: {exc}") from None
         app.on_startup.append(_tune_garbage_collector)  # after the agents' start: this process is ours
+        app.on_startup.append(_drain_on_signals)
         try:
             web.run_app(
                 app,
@@ -496,6 +532,7 @@ class Server:
                 port=port,
                 print=logger.info,
                 loop=new_event_loop(),
+                handle_signals=False,
                 **self.runner_options(),
             )
         except AdminPortError as exc:

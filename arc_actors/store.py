@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import sqlite3
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -132,6 +134,53 @@ class MemoryStore:
         """Nothing to release: the records stay readable, as a test may want after a server stops."""
 
 
+class Lease:
+    """This process's claim on a state file, held as an ``flock`` on a file of its own beside it
+    (``STATE.leases/ID``): the kernel lets go of it when the process ends, however it ends (``kill -9``
+    included), so another process sharing the file tells a gone claim from a live one. POSIX only."""
+
+    def __init__(self, state: Path) -> None:
+        import fcntl  # POSIX; SQLiteStore makes no lease where there is none
+
+        self._fcntl = fcntl
+        self.directory = Path(f"{state}.leases")
+        self.directory.mkdir(exist_ok=True)
+        self.id = uuid.uuid4().hex
+        self._held = os.open(self.directory / self.id, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def alive(self, lease_id: str) -> bool:
+        """Whether the process that took ``lease_id`` still holds it (an id read from a record: never a path)."""
+        if lease_id == self.id:
+            return True
+        if not _LEASE_ID.fullmatch(lease_id):
+            return False
+        try:
+            probe = os.open(self.directory / lease_id, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            self._fcntl.flock(probe, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(probe)
+        return False
+
+    def forget_gone(self) -> None:
+        """Delete the lease files of processes that are gone."""
+        for path in self.directory.iterdir():
+            if not self.alive(path.name):
+                path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        (self.directory / self.id).unlink(missing_ok=True)
+        os.close(self._held)
+
+
+_LEASE_ID = re.compile(r"[0-9a-f]{32}")
+
+
 class SQLiteStore:
     """A ``Store`` in one SQLite file (stdlib ``sqlite3``), so records survive a restart.
 
@@ -147,6 +196,9 @@ class SQLiteStore:
     def __init__(self, path: str | Path, max_records: int | None = None, keep: Keep | None = None) -> None:
         self.path = Path(path)
         self._keep = keep
+        self.lease: Lease | None = None
+        """This process's claim on the file, which records it runs carry (see :class:`Lease`); None where
+        the platform has no ``flock``."""
         self._bound = _Bound(max_records, f"the state file {str(self.path)!r}")
         self._check_every = 1 if max_records is None else max(1, min(1000, max_records // 10))
         self._writes_since_check: dict[str, int] = {}
@@ -169,6 +221,8 @@ class SQLiteStore:
                     with contextlib.suppress(sqlite3.OperationalError):  # another process added it just now
                         self._connection.execute(f"ALTER TABLE records ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
             self._connection.execute("CREATE INDEX IF NOT EXISTS records_by_age ON records (kind, written)")
+        with contextlib.suppress(ImportError):
+            self.lease = Lease(self.path)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -227,9 +281,17 @@ class SQLiteStore:
                 (kind, excess),
             )
 
+    def kept(self, kind: str) -> list[bytes]:
+        """The records of ``kind`` that ``keep`` keeps past the bound (running tasks, say)."""
+        with self._lock:
+            rows = self._connection.execute("SELECT value FROM records WHERE kind = ? AND kept = 1", (kind,)).fetchall()
+        return [bytes(row[0]) for row in rows]
+
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+        if self.lease is not None:
+            self.lease.release()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"

@@ -32,9 +32,12 @@ class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """How an agent is restarted when it crashes or hangs.
 
     * ``max_restarts`` within ``within_s`` seconds is the intensity: one more failure in that window
-      and the agent is marked failed until restarted by hand (``Server.restart_agent``).
-    * The n-th restart in the window waits ``backoff_initial_s * backoff_factor ** (n - 1)``, at most
-      ``backoff_max_s``, give or take ``backoff_jitter`` (a fraction) so restarts do not march in step.
+      and the agent is marked failed until restarted by hand (``Server.restart_agent``). Every failure
+      counts, served requests between them or not, so a crash loop still escalates.
+    * The n-th failure in a row (no request served since the one before) waits ``backoff_initial_s *
+      backoff_factor ** (n - 1)``, at most ``backoff_max_s``, give or take ``backoff_jitter`` (a
+      fraction) so restarts do not march in step. A request served resets it: an agent that crashes on
+      one message in three restarts after ``backoff_initial_s`` each time.
     * ``hang_after_s``: a handler running longer is abandoned, its caller answered -41006, and the
       agent restarted. ``None`` takes the server-wide default (``ARC_HANG_AFTER_S``, else 120 s).
     """
@@ -64,14 +67,23 @@ class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         if problems:
             raise ValueError("RestartPolicy: " + "; ".join(problems))
 
-    def backoff_s(self, restart_number: int) -> float:
-        """The jittered delay before the ``restart_number``-th restart (1-based) in the window."""
+    def backoff_s(self, streak: int) -> float:
+        """The jittered delay before the restart after the ``streak``-th failure in a row (1-based)."""
         try:
-            grown = self.backoff_initial_s * self.backoff_factor ** (restart_number - 1)
+            grown = self.backoff_initial_s * self.backoff_factor ** (streak - 1)
         except OverflowError:  # thousands of restarts in one window: long past the cap
             grown = self.backoff_max_s
         delay = min(self.backoff_max_s, grown)
         return delay * random.uniform(1 - self.backoff_jitter, 1 + self.backoff_jitter)
+
+
+class FailureHistory(msgspec.Struct, frozen=True):
+    """An agent's failures, carried from one supervisor to another (a Ray host's process replaced):
+    how many seconds ago each failure in the intensity window happened, oldest first, and how many
+    failures in a row have had no request served since (what the backoff grows with)."""
+
+    ages: list[float]
+    streak: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,10 @@ class Supervisor:
         self._default_policy = default_policy
         self._default_hang_after_s = default_hang_after_s
         self._failures: dict[str, deque[float]] = {}
+        self._streaks: dict[str, int] = {}
+        """Failures in a row per agent, with no request served between them: what the backoff grows with."""
+        self._backoffs: dict[str, float] = {}
+        """The delay of each agent's latest restart, while its streak lasts (``/health``'s ``backoff_s``)."""
         self._lock = threading.Lock()
         self._restart_lines = LineRate(RESTART_LINE_INTERVAL_S)
 
@@ -138,6 +154,7 @@ class Supervisor:
             while history and now - history[0] > policy.within_s:
                 history.popleft()
             restart_number = len(history)
+            streak = self._streaks[agent_id] = self._streaks.get(agent_id, 0) + 1
         if restart_number > policy.max_restarts:
             logger.bind(agent_id=agent_id).error(
                 "{} failed {} times within {} s ({}): giving up, agent marked failed",
@@ -147,35 +164,58 @@ class Supervisor:
                 reason,
             )
             return Decision(restart=False)
-        delay_s = policy.backoff_s(restart_number)
+        delay_s = self._backoffs[agent_id] = policy.backoff_s(streak)
         folded = self._restart_lines.fold(agent_id, now)
         if folded is not None:
             logger.bind(agent_id=agent_id).warning(
-                "{} failed ({}): restart {} of {} allowed within {} s, in {:.3f} s{}",
+                "{} failed ({}): restart {} of {} allowed within {} s, in {:.3f} s (failure {} in a row){}",
                 agent_id,
                 reason,
                 restart_number,
                 policy.max_restarts,
                 policy.within_s,
                 delay_s,
+                streak,
                 f" ({folded} more restarts since the last such line)" if folded else "",
             )
         return Decision(restart=True, delay_s=delay_s)
 
-    def failure_ages(self, agent_id: str) -> list[float]:
-        """How many seconds ago each failure in ``agent_id``'s history happened, oldest first: what
-        :meth:`remember` takes, so a supervisor in another process carries the same window on."""
-        now = time.monotonic()
+    def served(self, agent_id: str) -> None:
+        """``agent_id`` served a request after a failure: proof it works, so its backoff starts over (as
+        Akka's backoff supervisor resets after a successful run)."""
         with self._lock:
-            return [now - at for at in self._failures.get(agent_id, ())]
+            self._streaks.pop(agent_id, None)
+            self._backoffs.pop(agent_id, None)
 
-    def remember(self, agent_id: str, ages: list[float]) -> None:
-        """Take ``agent_id``'s failure history from :meth:`failure_ages` of another supervisor."""
+    def backoff_s(self, agent_id: str) -> float:
+        """The delay of ``agent_id``'s latest restart while it has served nothing since; else 0."""
+        return self._backoffs.get(agent_id, 0.0)
+
+    def history(self, agent_id: str) -> FailureHistory:
+        """``agent_id``'s failures as :meth:`remember` takes them, so that a supervisor in another process
+        carries the same window and streak on."""
         now = time.monotonic()
         with self._lock:
-            self._failures[agent_id] = deque(now - age for age in sorted(ages, reverse=True))
+            ages = [now - at for at in self._failures.get(agent_id, ())]
+            return FailureHistory(ages=ages, streak=self._streaks.get(agent_id, 0))
+
+    def remember(self, agent_id: str, history: FailureHistory) -> None:
+        """Take ``agent_id``'s failures from :meth:`history` of another supervisor."""
+        now = time.monotonic()
+        with self._lock:
+            self._failures[agent_id] = deque(now - age for age in sorted(history.ages, reverse=True))
+            if history.streak:
+                self._streaks[agent_id] = history.streak
+            else:
+                self._streaks.pop(agent_id, None)
+
+    def in_streak(self, agent_id: str) -> bool:
+        """Whether ``agent_id``'s latest failure has had no request served since."""
+        return agent_id in self._streaks
 
     def forget(self, agent_id: str) -> None:
         """Clear an agent's failure history, as a restart by hand does."""
         with self._lock:
             self._failures.pop(agent_id, None)
+            self._streaks.pop(agent_id, None)
+            self._backoffs.pop(agent_id, None)

@@ -40,6 +40,7 @@ import contextlib
 import inspect
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -49,7 +50,7 @@ from arc_actors.agent import AgentSpec, Context, Handler
 from arc_actors.chats import NOT_A_REPLY, as_message
 from arc_actors.exceptions import ARCError
 from arc_actors.protocol import ErrorCode, ErrorObject, Outcome, encoder
-from arc_actors.store import ServingStore, Store, new_id, record_key, utc_now
+from arc_actors.store import Lease, ServingStore, SQLiteStore, Store, new_id, record_key, utc_now
 
 if TYPE_CHECKING:
     from arc_actors.engine import Engine
@@ -109,11 +110,15 @@ class Task(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     messages: list[dict[str, Any]] = msgspec.field(default_factory=list)
     artifacts: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    runner: str | None = None
+    """The lease of the process that took it on (see ``arc_actors.store.Lease``), never answered: a task
+    it left SUBMITTED or WORKING is failed by the next process to start on the state file."""
 
     def result(self, *, messages: bool = True, artifacts: bool = True) -> dict[str, Any]:
         """The ARC result ``{"type": "task", "task": {...}}``."""
         task = msgspec.to_builtins(self)
         task.pop("agentId")
+        task.pop("runner", None)
         task["assignedAgent"] = self.agent_id
         task["messages"] = self.messages if messages else None
         task["artifacts"] = self.artifacts if artifacts else None
@@ -269,6 +274,7 @@ class TaskBook:
             updated_at=now,
             metadata=params.get("metadata") or {},
             messages=[params["initialMessage"]],
+            runner=self._lease_id(),
         )
         with self._serving.transaction():
             self._save(task)
@@ -311,6 +317,25 @@ class TaskBook:
             task = self.load(agent_id, params["taskId"])
             return self._webhooks.record(task, params["callbackUrl"], events)
 
+    def recover(self) -> int:
+        """Fail the tasks a process that is gone (killed, crashed, stopped) left SUBMITTED or WORKING on a
+        shared state file, their subscribers told; a live process's tasks are left alone. Returns how
+        many. Called as serving starts, off the event loop; a store without leases has nothing to do."""
+        store = self._store_in_use()
+        if not isinstance(store, SQLiteStore) or store.lease is None:
+            return 0
+        lease = store.lease
+        orphaned = [
+            task
+            for task in map(_decoder.decode, store.kept(TASK_KIND))
+            if task.status in (SUBMITTED, WORKING) and not (task.runner and lease.alive(task.runner))
+        ]
+        for task in orphaned:
+            self.update(task.agent_id, task.task_id, partial(_orphaned, lease), live_only=True)
+            logger.bind(agent_id=task.agent_id).warning("task {} failed: the process running it is gone", task.task_id)
+        lease.forget_gone()
+        return len(orphaned)
+
     def fail(self, agent_id: str, task_id: str, error: ErrorObject) -> None:
         """End a task whose run was answered with a runtime error (timeout, agent not available)."""
         if not self._serving.is_open:
@@ -347,7 +372,7 @@ class TaskBook:
         context.task = TaskHandle(self, agent_id, task_id, run)
         log = logger.bind(agent_id=agent_id, trace_id=context.trace_id)
         try:
-            if self.update(agent_id, task_id, _to_working, live_only=True).status != WORKING:
+            if self.update(agent_id, task_id, partial(_to_working, self._lease_id()), live_only=True).status != WORKING:
                 return  # canceled (or timed out) before it started
             answer = handler(params, context)
             if inspect.isawaitable(answer):
@@ -368,6 +393,10 @@ class TaskBook:
         finally:
             self._runs.pop(key, None)
         log.debug("task {} run ended", task_id)
+
+    def _lease_id(self) -> str | None:
+        store = self._store_in_use()
+        return store.lease.id if isinstance(store, SQLiteStore) and store.lease is not None else None
 
     def _save(self, task: Task) -> None:
         self._store_in_use().save(TASK_KIND, record_key(task.agent_id, task.task_id), _encoder.encode(task))
@@ -454,9 +483,25 @@ def task_events(status: str, messages: int, artifacts: int, task: Task) -> list[
     return events
 
 
-def _to_working(task: Task) -> None:
+def _to_working(runner: str | None, task: Task) -> None:
     if task.status in (SUBMITTED, WORKING):
-        task.status = WORKING
+        task.status, task.runner = WORKING, runner
+
+
+ORPHANED = ErrorObject(
+    ErrorCode.TASK_EXECUTION_FAILED,
+    "Task execution failed: the server process running it is gone (killed, crashed or stopped) before it"
+    " ended; it was not re-run",
+    {"reason": "process gone"},
+)
+
+
+def _orphaned(lease: Lease, task: Task) -> None:
+    """Fail ``task`` if it is still SUBMITTED or WORKING for a gone process (another process starting on
+    the same file may have been first)."""
+    if task.status in (SUBMITTED, WORKING) and not (task.runner and lease.alive(task.runner)):
+        _end(task, FAILED, error=ORPHANED)
+        task.reason = ORPHANED.message
 
 
 def _end(task: Task, status: str, reply: dict[str, Any] | None = None, error: ErrorObject | None = None) -> None:

@@ -120,6 +120,36 @@ def test_chaos_run_counts_dropped_garbled_and_timed_out_requests_as_lost_on_any_
         assert_all_answered(report)
 
 
+def test_an_agent_that_holds_its_requests_takes_no_load_from_its_neighbour_and_the_run_ends_on_time():
+    async def scenario() -> ChaosReport:
+        async with foreign_url() as url:
+            agents = ["steady-agent", "stalling-agent"]  # the stalling one answers after 2 s
+            return await run_chaos_async(url, agents=agents, duration_s=1, concurrency=4, grace_s=0.2, seed=3)
+
+    report = run(scenario())
+    steady, stalling = report.agents["steady-agent"], report.agents["stalling-agent"]
+    # Before: every caller drew the stalling agent sooner or later and waited 2 s on it, so the steady
+    # one got a handful of requests and the run took over 2 s.
+    assert steady.sent > 40 and steady.answered == steady.sent and steady.rps > 40
+    assert (stalling.sent, stalling.answered, stalling.lost, stalling.unfinished) == (4, 0, 0, 4)
+    assert (report.lost, report.unfinished) == (0, 4)
+    assert report.elapsed_s < 1.2 + 1.0  # duration and grace, and a margin for a loaded machine
+    assert "4 unfinished when the run ended" in report.render()
+
+
+def test_an_open_loop_rate_sends_on_schedule_to_each_agent_whatever_comes_back():
+    async def scenario() -> ChaosReport:
+        async with foreign_url() as url:
+            agents = ["steady-agent", "stalling-agent"]
+            return await run_chaos_async(url, agents=agents, duration_s=1, rate=20, grace_s=0.2, seed=3)
+
+    report = run(scenario())
+    steady, stalling = report.agents["steady-agent"], report.agents["stalling-agent"]
+    assert report.rate == 20
+    assert (steady.sent, steady.answered) == (20, 20)
+    assert (stalling.sent, stalling.answered, stalling.unfinished) == (20, 0, 20)
+
+
 def chaos_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "arc_actors", "chaos", *args],
@@ -141,7 +171,9 @@ def test_chaos_cli_prints_one_json_object_and_exits_0_when_nothing_is_lost():
     assert (report["sent"], report["answered"], report["lost"]) == (45, 45, 0)
     assert list(report["agents"]) == DEMO_AGENTS
     hr = report["agents"]["hr-agent"]
-    assert set(hr) == {"sent", "answered", "lost", "errors", "latency_ms", "restarts"}
+    assert set(hr) == {"sent", "answered", "lost", "unfinished", "errors", "rps", "latency_ms", "restarts"}
+    assert {"url", "seed", "concurrency", "elapsed_s", "sent", "answered", "lost", "errors", "agents"} <= set(report)
+    assert (hr["sent"], hr["unfinished"]) == (15, 0)  # the 45 requests split evenly among the three agents
     assert hr["errors"] == {"-41002": hr["sent"]} == {"-41002": server.faults.injected["hr-agent"]["error"]}
     assert set(hr["latency_ms"]) == {"p50", "p95", "p99"}
     assert report["agents"]["finance-agent"]["errors"] == {}
@@ -158,7 +190,8 @@ def test_chaos_cli_prints_a_table_and_exits_1_when_requests_are_lost():
     done = run(scenario())
     assert done.returncode == 1, done.stderr
     lines = done.stdout.strip().splitlines()
-    columns = ["agent", "sent", "answered", "lost", "p50 ms", "p95 ms", "p99 ms", "restarts", "errors"]
+    columns = ["agent", "sent", "answered", "lost", "unfinished", "req/s", "p50 ms", "p95 ms", "p99 ms"]
+    columns += ["restarts", "errors"]
     assert re.split(r" {2,}", lines[1].strip()) == columns
     dropped = re.split(r" {2,}", lines[3].strip())
     assert dropped[0] == "dropping-agent"

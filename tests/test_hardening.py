@@ -195,6 +195,67 @@ def test_requests_left_at_the_drain_deadline_are_answered_not_available(tmp_path
     assert "answered -41002 at the drain deadline" in stderr
 
 
+async def exchange(
+    connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request on an open connection: status, headers (lower-case names), body."""
+    reader, writer = connection
+    writer.write(request)
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, value = line.decode().split(":", 1)
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, await reader.readexactly(int(headers.get("content-length", 0)))
+
+
+def test_requests_on_keep_alive_connections_open_at_sigterm_are_answered_until_the_drain_ends(tmp_path):
+    app = tmp_path / "drain_app.py"
+    app.write_text(DRAIN_APP.replace("DRAIN", "10"))
+    port = free_port()
+    process = start("serve", str(app), "--port", str(port))
+    health = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    body = json.dumps(envelope("slow", "work.run")).encode()
+    arc = (
+        f"POST /arc HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/arc+json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    async def scenario() -> tuple[list, list]:
+        connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(25)]
+        for connection in connections:  # each one open and idle, kept alive
+            assert (await exchange(connection, health))[0] == 200
+        async with aiohttp.ClientSession() as session:  # ten slow requests keep the drain going ~1.5 s
+            url = f"http://127.0.0.1:{port}/arc"
+            slow = [asyncio.ensure_future(session.post(url, json=envelope("slow", "work.run"))) for _ in range(10)]
+            deadline = time.monotonic() + 10
+            while (await Client(url).health())["agents"]["slow"]["mailbox"] < 6:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            answers = await asyncio.gather(*(exchange(connection, arc) for connection in connections))
+            finished = [await (await reply).json(content_type=None) for reply in slow]
+        for _, writer in connections:
+            writer.close()
+        return answers, finished
+
+    try:
+        wait_healthy(port, process)
+        answers, finished = run(scenario())
+        exit_code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    # Before: aiohttp closed the idle connections at the signal, and these requests met a reset.
+    assert [(status, headers.get("connection")) for status, headers, _ in answers] == [(200, "close")] * 25
+    assert {json.loads(answer)["error"]["code"] for _, _, answer in answers} == {-41002}
+    assert [answer["result"] for answer in finished] == [{"done": True}] * 10
+    assert exit_code == 0
+
+
 def nested(levels: int) -> dict:
     value: dict = {}
     for _ in range(levels - 1):

@@ -292,3 +292,30 @@ def test_an_async_handler_runs_as_a_task_with_timeouts_and_async_generators_work
     url = serve(server).url
     answers = run(post_all(url, [envelope("asyncio-agent", "asyncio.check", id=i) for i in range(3)]))
     assert [answer["result"] for answer in answers] == [{"task": True, "timedOut": True, "first": "tick"}] * 3
+
+
+class Quick(Agent):
+    """Awaits 50 ms: with a latency fault of 200 ms in its thread before each request, as
+    ``--fault quick:latency=1:200ms`` strikes it."""
+
+    agent_id = "quick"
+    restart_policy = RestartPolicy(hang_after_s=1)
+
+    @handles("work.wait")
+    async def wait(self, params, context):
+        await asyncio.sleep(0.05)
+        return {"n": params["n"]}
+
+
+def test_requests_that_each_hold_the_thread_briefly_are_not_a_hang_however_many_arrive_at_once(serve):
+    # Eight at once hold the thread 1.6 s in all, each 0.2 s: the awaits already under way end between
+    # two of them, so no request runs past 1 s (before: the later ones were answered -41006, and the
+    # agent was restarted for a thread that was never stuck).
+    server = Server(server_id="held")
+    server.add_agent(Quick)
+    server.faults.arm("quick:latency=1:200ms")
+    url = serve(server).url
+    answers = run(post_all(url, [envelope("quick", "work.wait", {"n": n}, id=n) for n in range(8)]))
+    health = run(Client(url).health())
+    assert [answer.get("result") for answer in answers] == [{"n": n} for n in range(8)]
+    assert health["agents"]["quick"]["restarts"] == 0

@@ -20,6 +20,7 @@ from conftest import ROOT, envelope, free_port, post, run, start, wait_healthy
 from arc_actors import Agent, ARCError, Client, RestartPolicy, Server, handles
 from arc_actors.agent import AgentSpec, Context
 from arc_actors.ray_host import AgentHost, Ask, Errand, Reply
+from arc_actors.supervisor import FailureHistory
 from arc_actors.testing import serving
 
 pytestmark = pytest.mark.ray
@@ -202,7 +203,10 @@ def test_a_handler_whose_gateway_went_silent_gets_an_arc_error_instead_of_waitin
 
     host_class = ray_cluster.remote(max_restarts=0)(AgentHost).options(max_concurrency=8)
     factory = cloudpickle.dumps(AgentSpec.of_class(Asker).factory)
-    host = host_class.remote("asker", factory, list(sys.path), RestartPolicy(), 30.0, 1, 4, [], gateway_silent_s=0.5)
+    no_failures = FailureHistory([])
+    host = host_class.remote(
+        "asker", factory, list(sys.path), RestartPolicy(), 30.0, 1, 4, no_failures, gateway_silent_s=0.5
+    )
 
     async def ask_and_vanish() -> tuple[Reply | None, list, float]:
         await host.ready.remote()

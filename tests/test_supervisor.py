@@ -255,6 +255,54 @@ def test_backoff_grows_by_its_factor_up_to_its_cap():
     assert all(0.8 <= jittered.backoff_s(1) <= 1.2 for _ in range(50))
 
 
+def test_backoff_grows_with_failures_in_a_row_and_a_served_request_starts_it_over():
+    policy = RestartPolicy(max_restarts=100, backoff_initial_s=0.1, backoff_factor=2, backoff_jitter=0)
+    supervisor = Supervisor({"flaky": policy}, RestartPolicy(), 60)
+    in_a_row = [supervisor.on_failure("flaky", "boom").delay_s for _ in range(3)]
+    assert supervisor.backoff_s("flaky") == pytest.approx(0.4)
+    supervisor.served("flaky")
+    assert supervisor.backoff_s("flaky") == 0
+    forgiven = []
+    for _ in range(3):
+        forgiven.append(supervisor.on_failure("flaky", "boom").delay_s)
+        supervisor.served("flaky")
+    assert in_a_row == pytest.approx([0.1, 0.2, 0.4])
+    assert forgiven == pytest.approx([0.1, 0.1, 0.1])
+
+
+def test_the_intensity_counts_every_failure_served_requests_between_them_or_not():
+    supervisor = Supervisor({"flaky": RestartPolicy(max_restarts=3, within_s=60)}, RestartPolicy(), 60)
+    decisions = []
+    for _ in range(4):
+        decisions.append(supervisor.on_failure("flaky", "boom").restart)
+        supervisor.served("flaky")
+    assert decisions == [True, True, True, False]
+
+
+class CrashesOneInThree(EveryThirdCrashes):
+    """The poison message of issue 17: a generous intensity and the default backoff."""
+
+    restart_policy = RestartPolicy(max_restarts=10_000, within_s=10, backoff_jitter=0)
+
+
+@pytest.mark.usefixtures("engine")
+def test_an_agent_crashing_on_one_message_in_three_restarts_after_the_first_backoff_every_time():
+    server = Server(server_id="forgiving")
+    server.add_agent(CrashesOneInThree)
+    with serving(server) as running:
+        client = Client(running.url)
+        backoffs = []
+        for i in range(15):
+            answer = run(post(running.url, envelope("flaky-agent", "work.run", id=i)))
+            if answer["error"] is not None:
+                run(wait_for_health(client, "flaky-agent", "restarts", len(backoffs) + 1))
+                backoffs.append(run(client.health())["agents"]["flaky-agent"]["backoff_s"])
+        assert run(post(running.url, envelope("flaky-agent", "work.run")))["result"] == {"seen": 1}
+        run(wait_for_health(client, "flaky-agent", "backoff_s", 0))
+    # Before: 0.05 s, 0.1, 0.2, 0.4, 0.8, however many requests were served between the crashes.
+    assert backoffs == [0.05] * 5
+
+
 def test_a_crash_storm_logs_one_restart_line_a_second_counting_those_left_out(monkeypatch):
     from loguru import logger
 
@@ -278,9 +326,9 @@ def test_a_crash_storm_logs_one_restart_line_a_second_counting_those_left_out(mo
         logger.remove(sink)
     assert all(decision.restart for decision in decisions)
     assert [line.split(": restart ")[1].strip() for line in lines] == [
-        "1 of 100 allowed within 60 s, in 0.000 s",
-        "5 of 100 allowed within 60 s, in 0.000 s (3 more restarts since the last such line)",
-        "7 of 100 allowed within 60 s, in 0.000 s (1 more restarts since the last such line)",
+        "1 of 100 allowed within 60 s, in 0.000 s (failure 1 in a row)",
+        "5 of 100 allowed within 60 s, in 0.000 s (failure 5 in a row) (3 more restarts since the last such line)",
+        "7 of 100 allowed within 60 s, in 0.000 s (failure 7 in a row) (1 more restarts since the last such line)",
     ]
 
 
