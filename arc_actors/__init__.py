@@ -3,6 +3,8 @@
 The public API is what this module exports; everything else is importable but not promised.
 """
 
+import loguru
+
 from arc_actors.agent import Agent, Context, handles
 from arc_actors.auth import AuthConfig, Identity, JWTConfig, StaticToken
 from arc_actors.chats import Chat
@@ -17,6 +19,10 @@ from arc_actors.tasks import InputRequired, Task, TaskCancelled, TaskHandle
 from arc_actors.webhooks import WebhookConfig
 
 __version__ = "0.1.0"
+
+# A library logs nothing until the application asks (loguru's advice): Server.run and the CLI do, through
+# arc_actors.logs.configure_logging; so does loguru.logger.enable("arc_actors").
+loguru.logger.disable("arc_actors")
 
 __all__ = [
     "ARCError",

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from arc_actors import __version__
 from arc_actors.chaos import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DURATION_S,
@@ -27,6 +28,7 @@ from arc_actors.chaos import (
     run_chaos,
 )
 from arc_actors.config import DEFAULT_CONFIG_FILE, UNSET, ConfigError, load_settings
+from arc_actors.demo import DEMO_AGENTS
 from arc_actors.faults import SPEC_FORM, FaultSpecError
 from arc_actors.logs import configure_logging
 from arc_actors.server import Server
@@ -181,6 +183,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="arc-actors",
         description="Serve many ARC agents in one process, each agent an actor with its own mailbox.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
@@ -194,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="APP",
         help="the Server to serve: 'module:attribute' or 'file.py[:attribute]' (attribute defaults to "
         f"'{DEFAULT_ATTRIBUTE}'; a function returning a Server also works). Omit it to serve the "
-        "built-in demo agents finance-agent, hr-agent and support-agent.",
+        f"built-in demo agents {', '.join(DEMO_AGENTS)}.",
     )
     serve.add_argument("--host", help=f"interface to listen on (default: {DEFAULT_HOST}; env ARC_HOST)")
     serve.add_argument("--port", type=int, help=f"port to listen on (default: {DEFAULT_PORT}; env ARC_PORT)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union, get_args, get_type_hints
+from typing import Annotated, Any, Union, get_args, get_type_hints
 
 import msgspec
 
@@ -39,17 +39,25 @@ class AgentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_in_flight: int | msgspec.UnsetType = UNSET
 
 
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+"""A TCP port (0: any free one): the system would take 99999 modulo 65536, silently."""
+LogLevel = Annotated[str, msgspec.Meta(pattern="(?i)^(trace|debug|info|success|warning|error|critical)$")]
+"""A loguru level name, in any case."""
+
+
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[server]``: how the process serves; each field also reads ``ARC_<FIELD>`` from the environment."""
 
     host: str | msgspec.UnsetType = UNSET
-    port: int | msgspec.UnsetType = UNSET
-    log_level: str | msgspec.UnsetType = UNSET
+    port: Port | msgspec.UnsetType = UNSET
+    log_level: LogLevel | msgspec.UnsetType = UNSET
     log_json: bool | msgspec.UnsetType = UNSET
     max_body_bytes: int | msgspec.UnsetType = UNSET
     max_params_depth: int | msgspec.UnsetType = UNSET
+    max_params_containers: int | msgspec.UnsetType = UNSET
     max_params_bytes: int | msgspec.UnsetType = UNSET
     max_header_bytes: int | msgspec.UnsetType = UNSET
+    body_timeout_s: float | msgspec.UnsetType = UNSET
     reference_statuses: bool | msgspec.UnsetType = UNSET
     mailbox_size: int | msgspec.UnsetType = UNSET
     request_timeout_s: float | msgspec.UnsetType = UNSET
@@ -132,6 +140,6 @@ def _set(server: ServerSettings, name: str, value: Any, source: str, *, strict: 
 
 _FIELD_TYPES = {
     name: Union[tuple(arg for arg in get_args(hint) if arg is not msgspec.UnsetType)]  # noqa: UP007
-    for name, hint in get_type_hints(ServerSettings).items()
+    for name, hint in get_type_hints(ServerSettings, include_extras=True).items()
 }
 """Each ``[server]`` field's type without its UNSET marker, to convert environment strings and flags."""

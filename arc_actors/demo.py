@@ -83,9 +83,13 @@ class ReportAgent(Agent):
         return f"Report for {period} ready."
 
 
+DEMO_CLASSES: tuple[type[Agent], ...] = (FinanceAgent, HRAgent, SupportAgent, ReportAgent)
+DEMO_AGENTS = tuple(agent_class.agent_id for agent_class in DEMO_CLASSES)
+
+
 def build_server(restart_policy: RestartPolicy | None = None) -> Server:
     """A fresh server with the demo agents, supervised by ``restart_policy`` (default: the server's)."""
     server = Server(server_id="multi-agent-server", description="arc_actors demo agents", restart_policy=restart_policy)
-    for agent_class in (FinanceAgent, HRAgent, SupportAgent, ReportAgent):
+    for agent_class in DEMO_CLASSES:
         server.add_agent(agent_class)
     return server

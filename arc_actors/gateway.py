@@ -33,17 +33,22 @@ from arc_actors.protocol import (
     Outcome,
     ParamsTooLarge,
     decode_request,
-    deeper_than,
     encoder,
     error,
+    json_shape,
 )
 from arc_actors.router import Router
 from arc_actors.streaming import DEFAULT_KEEPALIVE_S, DeltaSink
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_PARAMS_DEPTH = 32
+DEFAULT_MAX_PARAMS_CONTAINERS = 10_000
+"""Objects and arrays one request's params may hold: decoding costs time per container, on the event
+loop, so this bounds what one request can cost there, whatever its size in bytes."""
 DEFAULT_MAX_PARAMS_BYTES = 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 8190
+DEFAULT_BODY_TIMEOUT_S = 30.0
+"""How long the body of one request may take to arrive, once its headers have."""
 
 ARC_PATH = "/arc"
 STREAMED_METHODS = frozenset(("chat.start", "chat.message"))
@@ -76,10 +81,12 @@ class GatewayConfig:
     description: str = ""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_params_depth: int = DEFAULT_MAX_PARAMS_DEPTH
+    max_params_containers: int = DEFAULT_MAX_PARAMS_CONTAINERS
     max_params_bytes: int = DEFAULT_MAX_PARAMS_BYTES
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     reference_statuses: bool = False
     stream_keepalive_s: float = DEFAULT_KEEPALIVE_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
 
 class ArcObserver(Protocol):
@@ -179,6 +186,11 @@ class Gateway:
         body = await self._read_body(http_request)
         if type(body) is not bytes:
             return body
+        config = self._config
+        if body.count(b"{") + body.count(b"[") > min(config.max_params_depth, config.max_params_containers):
+            refused = self._misshapen(body, *json_shape(body, config.max_params_containers + 1))
+            if refused is not None:
+                return refused
         try:
             request = decode_request(body, self._config.max_params_bytes)
         except ParamsTooLarge as exc:
@@ -219,15 +231,6 @@ class Gateway:
                 call=request,
             )
         # Each level of nesting opens a bracket: a body with few of them needs no walk of its params.
-        depth_limit = self._config.max_params_depth
-        if body.count(b"{") + body.count(b"[") > depth_limit and deeper_than(request.params, depth_limit):
-            return self._reject(
-                body,
-                ErrorCode.INVALID_PARAMS,
-                f"Invalid params: nested deeper than {depth_limit} levels",
-                {"maxDepth": depth_limit},
-                call=request,
-            )
         if request.method in STREAMED_METHODS and request.params.get("stream") is True:
             return await self._stream(http_request, request, identity)
         try:
@@ -351,8 +354,9 @@ class Gateway:
         return _json(health)
 
     async def handle_agent_info(self, http_request: web.Request) -> web.Response:
-        if isinstance(checked := self._identify(http_request), AuthFailure):
-            return self._refuse(checked)
+        refused = self.refusal(http_request)
+        if refused is not None:
+            return refused
         agents = {
             agent_id: {
                 "supportedMethods": self._router.methods_of(agent_id),
@@ -373,15 +377,51 @@ class Gateway:
         )
 
     async def _read_body(self, http_request: web.Request) -> bytes | _ArcResponse:
-        """The body, or a 413 answer when it is over the limit; a large body is never read whole."""
+        """The body, or the answer that refuses it, its connection then closed: 413 when it is over the
+        limit (a large body is never read whole), 415 when it is compressed (a small body may unpack to
+        gigabytes: the server never unpacks one), 408 when it takes longer than ``body_timeout_s``
+        to arrive (a client that sends half a body holds no connection for ever)."""
+        encoding = http_request.headers.get("Content-Encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            return self._closing(
+                error(
+                    ErrorCode.INVALID_REQUEST,
+                    f"Invalid request: Content-Encoding {encoding.strip()!r} is not accepted, send the body as it is",
+                    {"contentEncoding": encoding.strip()},
+                ),
+                415,
+            )
         limit, length = self._config.max_body_bytes, http_request.content_length
         if length is None or length <= limit:
             try:
-                return await http_request.read()
+                if http_request.content.is_eof():  # all here already, as almost every body is
+                    return await http_request.read()
+                async with asyncio.timeout(self._config.body_timeout_s):
+                    return await http_request.read()
             except web.HTTPRequestEntityTooLarge:
                 pass
+            except TimeoutError:
+                timeout_s = self._config.body_timeout_s
+                outcome = error(
+                    ErrorCode.INVALID_REQUEST,
+                    f"Invalid request: the body did not arrive within {timeout_s} s",
+                    {"bodyTimeoutS": timeout_s},
+                )
+                return self._closing(outcome, 408)
         outcome = error(ErrorCode.MESSAGE_TOO_LARGE, f"Request body over {limit} bytes", {"maxBytes": limit})
-        return self._respond(outcome, http_status=413)
+        return self._closing(outcome, 413)
+
+    def _closing(self, outcome: Outcome, http_status: int) -> _ArcResponse:
+        """An answer to a request whose body was not read (whole): its connection is closed after it."""
+        response = self._respond(outcome, http_status=http_status)
+        response.force_close()
+        return response
+
+    def refusal(self, http_request: web.Request) -> web.Response | None:
+        """The answer refusing a GET of the server's insides (``/agent-info``, ``/metrics``) to a caller
+        without a valid token, when auth is on; None to serve it."""
+        checked = self._identify(http_request)
+        return self._refuse(checked) if isinstance(checked, AuthFailure) else None
 
     def _identify(self, http_request: web.Request) -> Identity | AuthFailure | None:
         """The caller of a GET endpoint, by its token alone; None when auth is off."""
@@ -400,6 +440,20 @@ class Gateway:
         if failure.www_authenticate is not None:
             response.headers["WWW-Authenticate"] = failure.www_authenticate
         return response
+
+    def _misshapen(self, body: bytes, containers: int, depth: int) -> _ArcResponse | None:
+        """-32602 for a body whose params hold too many objects and arrays or nest them too deeply
+        (the envelope's own object is one of them, and one level), else None."""
+        config = self._config
+        if containers - 1 > config.max_params_containers:
+            limit = config.max_params_containers
+            message, details = f"more than {limit} objects and arrays", {"maxContainers": limit}
+        elif depth - 1 > config.max_params_depth:
+            limit = config.max_params_depth
+            message, details = f"nested deeper than {limit} levels", {"maxDepth": limit}
+        else:
+            return None
+        return self._reject(body, ErrorCode.INVALID_PARAMS, f"Invalid params: {message}", details)
 
     def _reject(
         self,

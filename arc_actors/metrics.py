@@ -107,7 +107,11 @@ class Metrics:
             series.sum_s += elapsed_s
 
     async def handle_scrape(self, request: web.Request) -> web.Response:
-        """The metrics in the format the scraper asks for: Prometheus text unless it prefers OpenMetrics."""
+        """The metrics in the format the scraper asks for: Prometheus text unless it prefers OpenMetrics.
+        With auth on, to a valid token only: they name every agent and method, and their traffic."""
+        refused = None if self._gateway is None else self._gateway.refusal(request)
+        if refused is not None:
+            return refused
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = await asyncio.get_running_loop().run_in_executor(None, encode, self._registry)
         return web.Response(body=body, headers={"Content-Type": content_type})

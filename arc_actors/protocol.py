@@ -7,6 +7,7 @@ else in the package re-checks envelope fields by hand.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 from typing import Any
 
@@ -204,22 +205,28 @@ def params_error(method: str, params: dict[str, Any]) -> ErrorObject | None:
     return None
 
 
-def deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests objects and arrays more than ``limit`` levels deep (iterative, so a
-    hostile document cannot exhaust the stack; stops at the first path over the limit)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_shape(document: bytes, max_containers: int) -> tuple[int, int]:
+    """How many objects and arrays a JSON document holds, and how deep they nest (the document's own
+    object is level 1; not measured, 0, past ``max_containers``), read from its bytes with strings
+    skipped, without decoding it: in C but for one step per bracket, where decoding (and walking) a
+    megabyte of empty arrays stalls the event loop for most of a second. Meaningful for valid JSON;
+    any other is refused when decoded."""
+    bare = _JSON_STRING.sub(b"", document)
+    containers = bare.count(b"{") + bare.count(b"[")
+    if containers > max_containers:
+        return containers, 0
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(bare):
+        if bracket in b"{[":
+            depth += 1
+            deepest = max(deepest, depth)
         else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
+            depth -= 1
+    return containers, deepest
 
 
 Outcome = msgspec.Raw | ErrorObject

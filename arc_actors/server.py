@@ -12,6 +12,7 @@ import contextlib
 import gc
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -29,9 +30,11 @@ from arc_actors.config import UNSET, ConfigError, Settings
 from arc_actors.engine import AgentState, Engine, EngineUnavailable
 from arc_actors.faults import FaultInjector, FaultPlan
 from arc_actors.gateway import (
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_PARAMS_BYTES,
+    DEFAULT_MAX_PARAMS_CONTAINERS,
     DEFAULT_MAX_PARAMS_DEPTH,
     Gateway,
     GatewayConfig,
@@ -79,6 +82,26 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 GC_YOUNG_THRESHOLD = 10_000
 """Allocations the collector lets pass before it looks at young objects (Python's default: 700)."""
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """End the process with one line, before any agent starts, when it could not listen on ``host:port``
+    (aiohttp binds only after the agents have started, and the system takes a port over 65535 modulo
+    65536, silently)."""
+    where = f"arc_actors: cannot listen on {host}:{port}"
+    if not 0 <= port <= 65535:
+        raise SystemExit(f"{where}: a port is 0-65535")
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SystemExit(f"{where}: {exc.strerror}") from None
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp's own socket
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise SystemExit(f"{where}: {exc.strerror or exc}") from None
 
 
 async def _drain_on_signals(app: web.Application) -> None:
@@ -145,8 +168,10 @@ class Server:
         request_timeout_s: float | None = None,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
         max_params_depth: int = DEFAULT_MAX_PARAMS_DEPTH,
+        max_params_containers: int = DEFAULT_MAX_PARAMS_CONTAINERS,
         max_params_bytes: int = DEFAULT_MAX_PARAMS_BYTES,
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
         auth: AuthConfig | None = None,
         metrics: bool = True,
         store: Store | str | Path | None = None,
@@ -160,9 +185,10 @@ class Server:
     ) -> None:
         """``restart_policy``, ``mailbox_size`` and ``request_timeout_s`` are the defaults for agents that
         bring none of their own; the policy's ``hang_after_s``, when unset, comes from
-        ``ARC_HANG_AFTER_S`` (else 120 s). ``max_body_bytes``, ``max_params_bytes``, ``max_params_depth``
-        and ``max_header_bytes`` (per header line, enforced by aiohttp's parser) bound what a request
-        may carry.
+        ``ARC_HANG_AFTER_S`` (else 120 s). ``max_body_bytes``, ``max_params_bytes``, ``max_params_depth``,
+        ``max_params_containers`` and ``max_header_bytes`` (per header line, enforced by aiohttp's
+        parser) bound what a request may carry, and ``body_timeout_s`` how long its body may take to
+        arrive.
         On SIGTERM or SIGINT the server refuses new requests and lets queued and running ones finish for
         up to ``drain_timeout_s``; what is left then is answered -41002.
         ``auth``, when enabled, puts ``/arc`` behind bearer tokens; a bad one (a missing key, PyJWT not
@@ -204,8 +230,10 @@ class Server:
             description=description or f"arc_actors server {server_id}",
             max_body_bytes=max_body_bytes,
             max_params_depth=max_params_depth,
+            max_params_containers=max_params_containers,
             max_params_bytes=max_params_bytes,
             max_header_bytes=max_header_bytes,
+            body_timeout_s=body_timeout_s,
             reference_statuses=reference_statuses,
             stream_keepalive_s=stream_keepalive_s,
         )
@@ -236,9 +264,10 @@ class Server:
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s!r}")
         if self.engine is not None and self.engine not in ENGINES:
             raise ValueError(f"engine is one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if not self._config.stream_keepalive_s > 0:
-            raise ValueError(f"stream_keepalive_s must be > 0, got {self._config.stream_keepalive_s!r}")
-        limits = ("max_body_bytes", "max_params_bytes", "max_params_depth", "max_header_bytes")
+        for name in ("stream_keepalive_s", "body_timeout_s"):
+            if not getattr(self._config, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self._config, name)!r}")
+        limits = ("max_body_bytes", "max_params_bytes", "max_params_depth", "max_params_containers", "max_header_bytes")
         for name in limits:
             if getattr(self._config, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self._config, name)!r}")
@@ -269,7 +298,9 @@ class Server:
             "max_body_bytes",
             "max_params_bytes",
             "max_params_depth",
+            "max_params_containers",
             "max_header_bytes",
+            "body_timeout_s",
             "reference_statuses",
             "stream_keepalive_s",
         )
@@ -489,13 +520,15 @@ class Server:
 
     def runner_options(self) -> dict[str, Any]:
         """The aiohttp runner's keyword arguments this server needs, for ``web.run_app`` or an
-        ``AppRunner`` of one's own: the drain-aware shutdown timeout and the header-size limits."""
+        ``AppRunner`` of one's own: the drain-aware shutdown timeout, the header-size limits, and no
+        unpacking of compressed bodies as they arrive (the gateway refuses them, see ``Gateway``)."""
         header = self._config.max_header_bytes
         return {
             "access_log": None,
             "shutdown_timeout": self.drain_timeout_s + STOP_TIMEOUT_S,
             "max_line_size": header,
             "max_field_size": header,
+            "auto_decompress": False,
         }
 
     def restart_agent(self, agent_id: str) -> None:
@@ -519,6 +552,7 @@ class Server:
         ``admin_port`` serves the fault admin endpoint on 127.0.0.1 (see ``create_app``). A port
         that cannot be bound ends the process with a one-line message, not a traceback."""
         configure_logging(log_level, json_lines=log_json)
+        _check_can_listen(host, port)
         try:
             app = self.create_app(admin_port=admin_port)
         except EngineUnavailable as exc:

@@ -19,9 +19,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from loguru import logger
 
 from arc_actors import Client, Server
 from arc_actors.testing import RunningServer, serving
+
+logger.enable("arc_actors")  # the tests are the application here: some read what the runtime logs
 
 
 def envelope(target_agent: str = "echo-agent", method: str = "test.echo", params: Any = None, **fields: Any) -> dict:

@@ -250,6 +250,22 @@ def test_agent_info_needs_a_valid_token(url):
     assert (with_token[0], with_token[2]["totalAgents"]) == (200, 2)
 
 
+def test_metrics_need_a_valid_token(url):
+    metrics_url = url.removesuffix("/arc") + "/metrics"
+
+    async def scrape(headers: dict[str, str]) -> tuple[int, bytes]:
+        async with aiohttp.ClientSession() as session, session.get(metrics_url, headers=headers) as reply:
+            return reply.status, await reply.read()
+
+    anonymous, bad_token = run(scrape({})), run(scrape(bearer(UNKNOWN_TOKEN)))
+    with_token = run(scrape(bearer(NO_SCOPE_TOKEN)))
+    # Before: 17 KB naming every agent, method and its traffic, to anyone.
+    for status, body in (anonymous, bad_token):
+        assert (status, json.loads(body)["error"]["code"]) == (401, -44001)
+        assert b"echo-agent" not in body
+    assert with_token[0] == 200 and b"arc_requests" in with_token[1]
+
+
 def test_our_client_sends_its_token_and_reads_the_auth_error():
     async def calls(url: str) -> tuple[Any, ARCError]:
         async with Client(url, token=token()) as good:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import urllib.request
 
 import pytest
-from conftest import arc_post, envelope, free_port, start, wait_healthy
+from conftest import ROOT, arc_post, envelope, free_port, start, wait_healthy
 
+import arc_actors
 from arc_actors import Server
 from arc_actors.cli import main
 
@@ -139,3 +143,70 @@ def test_bad_fault_is_a_one_line_error_and_nothing_is_served(capsys, monkeypatch
     stderr = capsys.readouterr().err
     assert stderr.startswith(f"arc_actors: {complaint}")
     assert len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_a_script_using_the_library_prints_nothing_until_it_configures_logging():
+    script = (
+        "import asyncio\n"
+        "from arc_actors import Client\n"
+        "from arc_actors.demo import build_server\n"
+        "from arc_actors.testing import serving\n"
+        "with serving(build_server()) as running:\n"
+        "    asyncio.run(Client(running.url).call('chat.start', 'hr-agent', {'initialMessage': "
+        "{'role': 'user', 'parts': [{'type': 'TextPart', 'content': 'salary'}]}}))\n"
+        "print('done')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # Before: the runtime's INFO and DEBUG lines ("4 agents started", "draining", ...) on the script's stderr.
+    assert (done.returncode, done.stdout, done.stderr) == (0, "done\n", "")
+
+
+def test_version_and_the_help_name_what_is_served():
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "arc_actors", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout
+
+    assert cli("--version").strip() == f"arc-actors {arc_actors.__version__}"
+    # Before: three demo agents named, where four are served (argparse may break a line at a hyphen).
+    assert "finance-agent,hr-agent,support-agent,report-agent." in "".join(cli("serve", "--help").split())
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "complaint"),
+    [
+        (["--port", "99999"], {}, "flag --port: Expected `int` <= 65535"),
+        (["--port", "-1"], {}, "flag --port: Expected `int` >= 0"),
+        ([], {"ARC_PORT": "70000"}, "environment variable ARC_PORT: Expected `int` <= 65535"),
+        ([], {"ARC_LOG_LEVEL": "verbose"}, "environment variable ARC_LOG_LEVEL: Expected `str` matching"),
+    ],
+)
+def test_a_port_or_log_level_out_of_range_is_a_one_line_error(args, environ, complaint):
+    done = subprocess.run(
+        [sys.executable, "-m", "arc_actors", "serve", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **environ},
+    )
+    # Before: 99999 served on 34463, 70000 on 4464, -1 "Servname not supported", "verbose" a traceback.
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"arc_actors: {complaint}")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_port_in_use_is_one_line_before_any_agent_starts():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "arc_actors", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    # Before: "4 agents started" and "draining" lines, then the error.
+    assert done.returncode == 1
+    assert done.stderr == f"arc_actors: cannot listen on 127.0.0.1:{port}: Address already in use\n"

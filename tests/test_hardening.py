@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import signal
 import textwrap
@@ -10,9 +11,10 @@ import time
 from collections import Counter
 
 import aiohttp
-from conftest import envelope, free_port, post, post_raw, run, start, wait_for_health, wait_healthy
+from conftest import echo_server, envelope, free_port, post, post_raw, run, start, wait_for_health, wait_healthy
 
 from arc_actors import Agent, Client, Server, handles
+from arc_actors.config import load_settings
 from arc_actors.testing import serving
 
 
@@ -202,6 +204,11 @@ async def exchange(
     reader, writer = connection
     writer.write(request)
     await writer.drain()
+    return await read_answer(reader)
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers (lower-case names) and body of the HTTP/1.1 answer ``reader`` gets next."""
     status = int((await reader.readline()).split()[1])
     headers = {}
     while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -277,6 +284,27 @@ def test_params_nested_deeper_than_the_limit_are_refused_before_reaching_the_age
     assert run(post(echo_url, envelope(params=brackets_in_text)))["error"] is None
 
 
+def test_params_wider_than_the_bound_are_refused_from_their_bytes_without_stalling_others(echo_url):
+    wide = json.dumps(envelope(params={"d": [[]] * 340_000}), separators=(",", ":"))  # 1 MB: under every limit
+
+    async def scenario() -> tuple[tuple[int, dict], float]:
+        attack = asyncio.ensure_future(post_raw(echo_url, wide))
+        started = time.monotonic()
+        await post(echo_url, envelope())  # a neighbour's request, sent while the attack is read
+        return await attack, time.monotonic() - started
+
+    (status, answer), _ = run(scenario())
+    # Before: decoded (0.17 s) and walked (0.54 s) on the event loop, then served.
+    assert status == 200
+    assert answer["error"]["code"] == -32602
+    assert answer["error"]["details"] == {"maxContainers": 10_000}
+    at_the_bound = {"d": [[]] * 9_998}  # with the object and its list: 10,000
+    assert run(post(echo_url, envelope(params=at_the_bound)))["error"] is None
+    assert run(post(echo_url, envelope(params={"d": [[]] * 9_999})))["error"]["code"] == -32602
+    in_text = {"text": "[" * 50_000}  # brackets in strings are text, not structure
+    assert run(post(echo_url, envelope(params=in_text)))["error"] is None
+
+
 class Recording(Agent):
     agent_id = "recording"
     request_timeout_s = 1.0
@@ -339,3 +367,71 @@ def test_header_over_its_size_limit_is_refused_and_the_server_keeps_serving():
         status, answer = run(scenario(running.url))
     assert status == 400
     assert answer["result"] == "fine"
+
+
+def test_a_compressed_body_is_refused_unread_and_never_unpacked(echo_url):
+    bomb = gzip.compress(bytes(64 * 1024 * 1024), compresslevel=9)  # 64 MiB of zeros in ~64 KB
+
+    async def scenario() -> tuple[int, dict, float]:
+        started = time.monotonic()
+        status, answer = await post_raw(echo_url, bomb, {"Content-Encoding": "gzip"})
+        return status, answer, time.monotonic() - started
+
+    status, answer, _ = run(scenario())
+    # Before: unpacked on the event loop as it arrived (1 GiB stalled /health 2 s), then answered 413.
+    assert status == 415
+    assert answer["error"]["code"] == -32600
+    assert answer["error"]["details"] == {"contentEncoding": "gzip"}
+    assert run(post(echo_url, envelope()))["error"] is None
+
+
+def test_a_body_that_stops_arriving_is_answered_408_and_its_connection_closed(serve):
+    server = echo_server()
+    server.configure(load_settings(None, environ={"ARC_BODY_TIMEOUT_S": "0.5"}))
+    port = int(serve(server).url.rsplit(":", 1)[1].split("/")[0])
+    head = b"POST /arc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+
+    async def half_a_body() -> tuple[int, dict[str, str], bytes, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        writer.write(head + b"{")
+        await writer.drain()
+        status, headers, body = await asyncio.wait_for(read_answer(reader), 10)
+        writer.close()
+        return status, headers, body, time.monotonic() - started
+
+    status, headers, body, elapsed = run(half_a_body())
+    # Before: the connection was held for ever (0 of 20 closed after 130 s).
+    assert (status, headers["connection"]) == (408, "close")
+    assert json.loads(body)["error"]["details"] == {"bodyTimeoutS": 0.5}
+    assert elapsed < 5
+
+
+def test_malformed_http_is_one_log_line_a_second_and_never_its_token(tmp_path):
+    port = free_port()
+    process = start("serve", "--port", str(port))
+    bad_header = (
+        b"POST /arc HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cr3t-ops-token\x01\r\nContent-Length: 2\r\n\r\n{}"
+    )
+
+    async def flood() -> None:
+        for _ in range(200):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(bad_header)
+            await asyncio.wait_for(reader.read(), 5)  # the parser's 400, then the close
+            writer.close()
+
+    try:
+        wait_healthy(port, process)
+        run(flood())
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=30)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    lines = [line for line in stderr.splitlines() if "malformed HTTP request" in line]
+    # Before: an 11-line traceback quoting the header, token and all, for each of the 200.
+    assert "s3cr3t" not in stderr and "Traceback" not in stderr
+    assert 1 <= len(lines) <= 3
+    assert lines[0].endswith("refused by the HTTP parser: BadHttpMessage")
