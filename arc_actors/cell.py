@@ -452,7 +452,7 @@ class AgentCell:
         with self.lock:
             if generation != slot.generation or self.failed or slot.state is not AgentState.RUNNING:
                 return None
-            if len(slot.calls) >= self.max_in_flight:
+            if len(slot.calls) >= self.max_in_flight and not (self._queue and self._queue[0].reentrant):
                 return None
             if self._queue:
                 call = self._queue.popleft()
@@ -615,7 +615,7 @@ class _LoopInbox:
                 self.loop.call_soon_threadsafe(self.loop.stop)
 
     def get(self) -> Any:
-        while self.has_work():
+        while self.has_work() and not self.loop.is_closed():
             self._asleep = True
             try:
                 if not self._items.empty():
@@ -968,9 +968,6 @@ class _Instance(pykka.ThreadingActor):
             outcome, crash = _judged(call, value, exc)
         if run:
             incarnation.calls -= 1
-            if exc is None and cell.failing:
-                cell.failing = False
-                cell.supervisor.served(cell.agent_id)
         current = incarnation is self._incarnation
         delay_s = None
         if crash is not None and current:
@@ -980,6 +977,9 @@ class _Instance(pykka.ThreadingActor):
         answers, follower = cell._finish(slot, self._generation, call)
         if answers:
             call.reply(outcome)
+            if exc is None and cell.failing and current and not self._abandoned:  # served: proof it works
+                cell.failing = False
+                cell.supervisor.served(cell.agent_id)
         if self._abandoned:
             self._leave()
             return None

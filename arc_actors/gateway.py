@@ -122,14 +122,22 @@ ArcServe = Callable[[web.Request], Awaitable[_ArcResponse | _ArcStream]]
 
 
 class _EnvelopeIds(msgspec.Struct, rename="camel"):
-    """The parts of an invalid request still worth echoing in its error response."""
+    """The parts of an invalid request still worth echoing in its error response, left undecoded: a
+    hostile body may put a megabyte of arrays in any of them (see ``_salvaged``)."""
 
-    id: Any = None
-    request_agent: Any = None
-    trace_id: Any = None
+    id: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    request_agent: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    trace_id: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
 _salvage_decoder = msgspec.json.Decoder(_EnvelopeIds)
+SALVAGED_MAX_BYTES = 512
+"""An envelope field longer than this is not echoed: no id, agent id or trace id is that long."""
+
+
+def _salvaged(raw: msgspec.Raw) -> Any:
+    """The value of one salvaged field (None when absent), when it is short enough to be worth decoding."""
+    return None if not raw or len(raw) > SALVAGED_MAX_BYTES else msgspec.json.decode(raw)
 
 
 class Gateway:
@@ -469,12 +477,13 @@ class Gateway:
             ids = _salvage_decoder.decode(body) if body else _EnvelopeIds()
         except (msgspec.DecodeError, RecursionError):
             ids = _EnvelopeIds()
+        request_id, request_agent, trace_id = _salvaged(ids.id), _salvaged(ids.request_agent), _salvaged(ids.trace_id)
         return self._respond(
             error(code, message, details),
             call=call,
-            request_id=ids.id if isinstance(ids.id, (str, int)) and not isinstance(ids.id, bool) else None,
-            target_agent=ids.request_agent if isinstance(ids.request_agent, str) else "unknown",
-            trace_id=ids.trace_id if isinstance(ids.trace_id, str) else msgspec.UNSET,
+            request_id=request_id if isinstance(request_id, (str, int)) and not isinstance(request_id, bool) else None,
+            target_agent=request_agent if isinstance(request_agent, str) else "unknown",
+            trace_id=trace_id if isinstance(trace_id, str) else msgspec.UNSET,
         )
 
     def _respond(

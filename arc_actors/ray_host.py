@@ -303,6 +303,7 @@ class AgentHost:
         max_in_flight: int = 1,
     ) -> None:
         sys.path.extend(entry for entry in sys_path if entry not in sys.path)  # where the agent's modules are
+        logger.enable("arc_actors")  # this worker process is the server's: its crashes and hangs are logged
         from ray import cloudpickle
 
         self._agent_id = agent_id

@@ -104,26 +104,37 @@ def _check_can_listen(host: str, port: int) -> None:
                 raise SystemExit(f"{where}: {exc.strerror or exc}") from None
 
 
-async def _drain_on_signals(app: web.Application) -> None:
+class _StopOnSignals:
     """On SIGTERM or SIGINT, drain while the connections are still open, then stop as aiohttp does on
     a signal: aiohttp closes every connection before its shutdown hooks run, so a caller whose keep-alive
-    connection was open would get a reset instead of the drain's -41002. A second signal stops at once."""
-    loop = asyncio.get_running_loop()
-    draining: list[asyncio.Task[None]] = []
+    connection was open would get a reset instead of the drain's -41002. A signal before serving began,
+    or a second one, stops at once."""
 
-    async def drain_then_stop() -> None:
-        await app[DRAIN]()
-        loop.call_soon(_stop)
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._serving = False
+        self._draining: list[asyncio.Task[None]] = []
 
-    def on_signal() -> None:
-        if draining:
+    async def install(self, _: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):  # no signal handlers on this platform's loop
+                loop.add_signal_handler(signal_number, self._on_signal)
+
+    async def serving(self, _: web.Application) -> None:
+        self._serving = True
+
+    def _on_signal(self) -> None:
+        if self._draining or not self._serving:
             _stop()
         else:
-            draining.append(loop.create_task(drain_then_stop()))
+            self._draining.append(asyncio.get_running_loop().create_task(self._drain_then_stop()))
 
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # no signal handlers on this platform's loop
-            loop.add_signal_handler(signal_number, on_signal)
+    async def _drain_then_stop(self) -> None:
+        try:
+            await self._app[DRAIN]()
+        finally:
+            asyncio.get_running_loop().call_soon(_stop)
 
 
 def _stop() -> None:
@@ -558,7 +569,9 @@ class Server:
         except EngineUnavailable as exc:
             raise SystemExit(f"arc_actors: {exc}") from None
         app.on_startup.append(_tune_garbage_collector)  # after the agents' start: this process is ours
-        app.on_startup.append(_drain_on_signals)
+        signals = _StopOnSignals(app)
+        app.on_startup.insert(0, signals.install)  # first: a signal while the agents start stops at once
+        app.on_startup.append(signals.serving)
         try:
             web.run_app(
                 app,

@@ -146,8 +146,17 @@ class Lease:
         self.directory = Path(f"{state}.leases")
         self.directory.mkdir(exist_ok=True)
         self.id = uuid.uuid4().hex
-        self._held = os.open(self.directory / self.id, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Locked under a name no other process probes, then renamed into place: a neighbour starting
+        # meanwhile never sees it unlocked, and never takes it for a gone process's.
+        making = self.directory / f".{self.id}"
+        self._held: int | None = os.open(making, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(making, self.directory / self.id)
+        except OSError:
+            os.close(self._held)
+            making.unlink(missing_ok=True)
+            raise
 
     def alive(self, lease_id: str) -> bool:
         """Whether the process that took ``lease_id`` still holds it (an id read from a record: never a path)."""
@@ -156,9 +165,11 @@ class Lease:
         if not _LEASE_ID.fullmatch(lease_id):
             return False
         try:
-            probe = os.open(self.directory / lease_id, os.O_RDWR)
+            probe = os.open(self.directory / lease_id, os.O_RDONLY)
         except FileNotFoundError:
             return False
+        except OSError:
+            return True  # not ours to read (another user's process): never taken for gone
         try:
             self._fcntl.flock(probe, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
         except BlockingIOError:
@@ -170,12 +181,14 @@ class Lease:
     def forget_gone(self) -> None:
         """Delete the lease files of processes that are gone."""
         for path in self.directory.iterdir():
-            if not self.alive(path.name):
+            if _LEASE_ID.fullmatch(path.name) and not self.alive(path.name):
                 path.unlink(missing_ok=True)
 
     def release(self) -> None:
-        (self.directory / self.id).unlink(missing_ok=True)
-        os.close(self._held)
+        if self._held is not None:
+            (self.directory / self.id).unlink(missing_ok=True)
+            os.close(self._held)
+            self._held = None
 
 
 _LEASE_ID = re.compile(r"[0-9a-f]{32}")
@@ -221,7 +234,7 @@ class SQLiteStore:
                     with contextlib.suppress(sqlite3.OperationalError):  # another process added it just now
                         self._connection.execute(f"ALTER TABLE records ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
             self._connection.execute("CREATE INDEX IF NOT EXISTS records_by_age ON records (kind, written)")
-        with contextlib.suppress(ImportError):
+        with contextlib.suppress(ImportError, OSError):  # no flock here: tasks are then not recovered
             self.lease = Lease(self.path)
 
     @contextmanager

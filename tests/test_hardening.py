@@ -7,14 +7,17 @@ import gzip
 import json
 import signal
 import textwrap
+import threading
 import time
 from collections import Counter
 
 import aiohttp
+import pytest
 from conftest import echo_server, envelope, free_port, post, post_raw, run, start, wait_for_health, wait_healthy
 
 from arc_actors import Agent, Client, Server, handles
 from arc_actors.config import load_settings
+from arc_actors.protocol import json_shape
 from arc_actors.testing import serving
 
 
@@ -435,3 +438,20 @@ def test_malformed_http_is_one_log_line_a_second_and_never_its_token(tmp_path):
     assert "s3cr3t" not in stderr and "Traceback" not in stderr
     assert 1 <= len(lines) <= 3
     assert lines[0].endswith("refused by the HTTP parser: BadHttpMessage")
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        b"{" * 33 + b'"' + b'\\"' * 500_000,  # a string that never closes: each quote a match to the end
+        b"[" * 40 + b"]" * 4_000_000,  # closing brackets past the bound
+    ],
+    ids=["unterminated string", "closing brackets"],
+)
+def test_measuring_a_hostile_body_is_linear(hostile):
+    measured: list[tuple[int, int]] = []
+    worker = threading.Thread(target=lambda: measured.append(json_shape(hostile, 10_001)), daemon=True)
+    worker.start()
+    worker.join(10)  # linear: milliseconds; the first pattern took hours on a megabyte
+    assert measured, "json_shape did not finish"
+    assert measured[0][0] > 10_001 or measured[0][1] > 32
